@@ -1,0 +1,39 @@
+"""create_app: the FastAPI application, its error handlers and the model lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from roost import __version__
+from roost.api.errors import install_handlers
+from roost.api.registry import ModelRegistry
+from roost.api.routes import public, v1
+from roost.config import Settings
+
+
+def create_app(settings: Settings) -> FastAPI:
+    registry = ModelRegistry(settings.resolved_models())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # load in the background: /health answers 503 "loading" meanwhile
+        loading = asyncio.create_task(registry.load())
+        try:
+            yield
+        finally:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+            await asyncio.to_thread(registry.close)
+
+    app = FastAPI(title="roost", version=__version__, lifespan=lifespan)
+    app.state.registry = registry
+    app.state.api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    install_handlers(app)
+    app.include_router(public)
+    app.include_router(v1)
+    return app

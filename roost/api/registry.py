@@ -1,0 +1,118 @@
+"""The served models: one engine client and one chat template per configured model."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from roost.api.errors import (
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    ServiceUnavailable,
+)
+from roost.chat.template import ChatTemplate, TemplateError
+from roost.config import EngineConfig
+from roost.engine.client import EngineClient
+
+log = logging.getLogger("roost.api")
+
+
+class LoadStatus(enum.Enum):
+    LOADING = "loading"
+    READY = "ok"
+    FAILED = "error"
+
+
+@dataclass
+class ServedModel:
+    name: str
+    client: EngineClient
+    template: ChatTemplate
+
+    @property
+    def num_ctx(self) -> int:
+        return self.client.num_ctx
+
+    def chat_tokens(self, messages: list[dict[str, Any]], **extra: Any) -> list[int]:
+        try:
+            text = self.template.render(messages, **extra)
+        except TemplateError as exc:
+            raise InvalidRequest(str(exc), param="messages") from exc
+        model = self.client.model
+        # a template that writes the BOS text itself must not get a second one
+        add_bos = model.adds_bos and not (
+            self.template.bos_token and text.startswith(self.template.bos_token)
+        )
+        return model.tokenize(text, add_special=add_bos, parse_special=True)
+
+    def text_tokens(self, text: str) -> list[int]:
+        return self.client.model.tokenize(text, add_special=True, parse_special=True)
+
+    def check_tokens(self, tokens: list[int], param: str) -> None:
+        num_vocab = self.client.model.num_vocab
+        if not tokens:
+            raise InvalidRequest("the prompt is empty", param=param)
+        if any(not 0 <= t < num_vocab for t in tokens):
+            raise InvalidRequest(f"token ids must be in [0, {num_vocab})", param=param)
+
+    def max_new_tokens(self, num_prompt: int, requested: int | None, param: str) -> int | None:
+        """Validate the request's length against the context; None means 'until it is full'."""
+        total = num_prompt + (requested or 1)
+        if total > self.num_ctx:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.num_ctx} tokens. However, you "
+                f"requested {total} tokens ({num_prompt} in the prompt, {requested or 1} for the "
+                "completion). Please reduce the prompt or the completion length.",
+                param=param,
+            )
+        return requested
+
+
+class ModelRegistry:
+    """Loads models in the background; `get` answers 503 until they are ready."""
+
+    def __init__(self, configs: list[EngineConfig]) -> None:
+        self.configs = configs
+        self.models: dict[str, ServedModel] = {}
+        self.status = LoadStatus.LOADING
+
+    async def load(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            for config in self.configs:
+                client = await asyncio.to_thread(EngineClient, config, loop)
+                self.models[config.name] = ServedModel(
+                    config.name, client, _template(client, config)
+                )
+                log.info("model %s ready (%s, ctx %d)", config.name, config.path, client.num_ctx)
+            self.status = LoadStatus.READY
+        except Exception:
+            log.exception("loading models failed")
+            self.status = LoadStatus.FAILED
+
+    def get(self, name: str) -> ServedModel:
+        if self.status is not LoadStatus.READY:
+            raise ServiceUnavailable(f"models are not ready ({self.status.value})", "model_loading")
+        try:
+            return self.models[name]
+        except KeyError:
+            raise ModelNotFound(name) from None
+
+    def is_generating(self) -> bool:
+        return any(m.client.num_in_flight for m in self.models.values())
+
+    def close(self) -> None:
+        for model in self.models.values():
+            model.client.close()
+        self.models.clear()
+
+
+def _template(client: EngineClient, config: EngineConfig) -> ChatTemplate:
+    model = client.model
+    bos = model.token_text(model.bos_id) if model.bos_id >= 0 else ""
+    eos = model.token_text(model.eos_id) if model.eos_id >= 0 else ""
+    return ChatTemplate(config.chat_template or model.chat_template(), bos, eos)

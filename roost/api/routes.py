@@ -1,0 +1,85 @@
+"""HTTP routes: /health (public), and the /v1 surface behind the optional API key."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse, Response
+
+from roost.api.errors import InvalidAPIKey
+from roost.api.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from roost.api.registry import LoadStatus, ModelRegistry
+from roost.api.serving_chat import create_chat_completion
+from roost.api.serving_completions import create_completion
+
+
+def registry_of(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+Registry = Annotated[ModelRegistry, Depends(registry_of)]
+
+
+def require_api_key(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> None:
+    expected: str | None = request.app.state.api_key
+    if expected is None:
+        return
+    offered = x_api_key or ""
+    if authorization and authorization.lower().startswith("bearer "):
+        offered = authorization[7:].strip()
+    if not hmac.compare_digest(offered.encode(), expected.encode()):
+        raise InvalidAPIKey()
+
+
+public = APIRouter()
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+
+@public.get("/health")
+async def health(registry: Registry) -> JSONResponse:
+    body = {
+        "status": registry.status.value,
+        "generation_status": "generating" if registry.is_generating() else "idle",
+        "models": list(registry.models),
+        "tools_loaded": [],
+    }
+    return JSONResponse(body, status_code=200 if registry.status is LoadStatus.READY else 503)
+
+
+@v1.get("/models")
+async def list_models(registry: Registry) -> ModelList:
+    return ModelList(data=[_card(registry, name) for name in registry.models])
+
+
+@v1.get("/models/{model_id:path}")
+async def get_model(model_id: str, registry: Registry) -> ModelCard:
+    registry.get(model_id)
+    return _card(registry, model_id)
+
+
+def _card(registry: ModelRegistry, name: str) -> ModelCard:
+    return ModelCard(id=name, created=registry.models[name].client.created)
+
+
+@v1.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, registry: Registry, request: Request
+) -> Response | object:
+    return await create_chat_completion(body, registry, request)
+
+
+@v1.post("/", response_model=None, include_in_schema=False)
+async def chat_alias(body: ChatCompletionRequest, registry: Registry, request: Request) -> object:
+    """Compatibility alias: POST /v1/ is /v1/chat/completions."""
+    return await create_chat_completion(body, registry, request)
+
+
+@v1.post("/completions", response_model=None)
+async def completions(body: CompletionRequest, registry: Registry, request: Request) -> object:
+    return await create_completion(body, registry, request)

@@ -1,0 +1,91 @@
+"""`roost serve | models`: flags are generated from the Settings fields."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from roost.config import Settings, load_settings
+
+_SCALARS = {str: str, int: int, float: float, Path: Path, SecretStr: str}
+
+
+def _flag_type(annotation: Any) -> Any:
+    """The argparse type of a scalar (or optional scalar) field; None for lists and models."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = members[0] if len(members) == 1 else None
+    return _SCALARS.get(annotation)
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    for name, field in Settings.model_fields.items():
+        flag_type = _flag_type(field.annotation)
+        if flag_type is None:
+            continue
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=flag_type,
+            default=None,
+            help=field.description,
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="roost", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for command, help_text in (("serve", "run the HTTP server"), ("models", "list models")):
+        sub = commands.add_parser(command, help=help_text)
+        sub.add_argument("--config", type=Path, default=None, help="YAML settings file")
+        _add_setting_flags(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    command, config_file = args.pop("command"), args.pop("config")
+    try:
+        settings = load_settings(config_file, **args)
+        models = settings.resolved_models()
+        for model in models:
+            if not model.path.is_file():
+                raise FileNotFoundError(f"model file not found: {model.path}")
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"roost: {exc}", file=sys.stderr)
+        return 2
+    if command == "models":
+        for model in models:
+            print(f"{model.name}\t{model.path}")
+        return 0
+    return serve(settings)
+
+
+def serve(settings: Settings) -> int:
+    import uvicorn
+
+    from roost.api.app import create_app
+
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

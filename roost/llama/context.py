@@ -1,0 +1,90 @@
+"""A llama.cpp context: decode a batch, edit per-sequence memory, read logits."""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+import llama_cpp
+import numpy as np
+
+from roost.llama.batch import Batch
+from roost.llama.model import LlamaModel, ModelLoadError
+
+
+class DecodeError(RuntimeError):
+    """llama_decode failed for a reason other than a full KV cache."""
+
+
+class KVCacheFull(RuntimeError):
+    """llama_decode found no room in the KV cache for the batch (nothing was computed)."""
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    num_ctx: int
+    num_batch: int
+    num_seq_max: int
+    num_threads: int
+
+
+class LlamaContext:
+    """Owns one `llama_context*` with a unified KV cache shared by `num_seq_max` sequences."""
+
+    def __init__(self, model: LlamaModel, params: ContextParams) -> None:
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = params.num_ctx
+        cparams.n_batch = params.num_batch
+        cparams.n_ubatch = params.num_batch
+        cparams.n_seq_max = params.num_seq_max
+        # explicit: the default thread count oversubscribes small machines
+        cparams.n_threads = params.num_threads
+        cparams.n_threads_batch = params.num_threads
+        # unified: sequences may share prefix cells (partial seq_cp needs it) and grow freely
+        cparams.kv_unified = True
+        cparams.no_perf = True
+        ctx = llama_cpp.llama_init_from_model(model.ptr, cparams)
+        if not ctx:
+            raise ModelLoadError(f"llama.cpp could not create a context for {model.path}")
+        self.ptr = ctx
+        self.model = model
+        self.params = params
+        self.num_ctx: int = llama_cpp.llama_n_ctx(ctx)
+        self.memory = llama_cpp.llama_get_memory(ctx)
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_free(self.ptr)
+            self.ptr = None
+
+    def decode(self, batch: Batch) -> None:
+        if batch.num_tokens == 0:
+            return
+        batch.raw.n_tokens = batch.num_tokens
+        status = llama_cpp.llama_decode(self.ptr, batch.raw)
+        if status == 1:
+            raise KVCacheFull("no KV cache slot for the batch")
+        if status != 0:
+            raise DecodeError(f"llama_decode returned {status}")
+
+    def logits(self, index: int) -> np.ndarray:
+        """Zero-copy view of the logits of batch row `index` (valid until the next decode)."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ptr, index)
+        return np.ctypeslib.as_array(
+            ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.model.num_vocab,)
+        )
+
+    # -- per-sequence memory ----------------------------------------------------------------
+
+    def seq_remove(self, seq_id: int, start: int = 0, end: int = -1) -> bool:
+        """Drop positions [start, end) of a sequence; end -1 means to the end."""
+        return bool(llama_cpp.llama_memory_seq_rm(self.memory, seq_id, start, end))
+
+    def seq_copy(self, src: int, dst: int, start: int = 0, end: int = -1) -> None:
+        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, start, end)
+
+    def seq_pos_max(self, seq_id: int) -> int:
+        return int(llama_cpp.llama_memory_seq_pos_max(self.memory, seq_id))
+
+    def clear(self) -> None:
+        llama_cpp.llama_memory_clear(self.memory, True)

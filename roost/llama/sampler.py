@@ -1,0 +1,83 @@
+"""Per-request sampler chains built from llama.cpp's C samplers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import llama_cpp
+
+from roost.llama.context import LlamaContext
+
+RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks a random seed
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """What a sampler chain needs; the engine fills it from its SamplingParams."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: int | None = None
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_last_n: int = 64
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+
+class Sampler:
+    """One llama_sampler chain: bias → penalties → top-k → top-p → min-p → temp → draw."""
+
+    def __init__(self, num_vocab: int, spec: SamplerSpec) -> None:
+        chain_params = llama_cpp.llama_sampler_chain_default_params()
+        chain_params.no_perf = True
+        self.ptr = llama_cpp.llama_sampler_chain_init(chain_params)
+        for smpl in self._stages(num_vocab, spec):
+            llama_cpp.llama_sampler_chain_add(self.ptr, smpl)  # the chain owns and frees it
+
+    @staticmethod
+    def _stages(num_vocab: int, spec: SamplerSpec) -> list[llama_cpp.llama_sampler_p]:
+        stages = []
+        if spec.logit_bias:
+            biases = (llama_cpp.llama_logit_bias * len(spec.logit_bias))()
+            for slot, (token, bias) in zip(biases, spec.logit_bias.items(), strict=True):
+                slot.token, slot.bias = token, bias
+            stages.append(
+                llama_cpp.llama_sampler_init_logit_bias(num_vocab, len(spec.logit_bias), biases)
+            )
+        if (spec.repetition_penalty, spec.frequency_penalty, spec.presence_penalty) != (1, 0, 0):
+            stages.append(
+                llama_cpp.llama_sampler_init_penalties(
+                    num_vocab,
+                    spec.penalty_last_n,
+                    spec.repetition_penalty,
+                    spec.frequency_penalty,
+                    spec.presence_penalty,
+                )
+            )
+        if spec.temperature <= 0:
+            stages.append(llama_cpp.llama_sampler_init_greedy())
+            return stages
+        if spec.top_k > 0:
+            stages.append(llama_cpp.llama_sampler_init_top_k(spec.top_k))
+        if spec.top_p < 1.0:
+            stages.append(llama_cpp.llama_sampler_init_top_p(spec.top_p, 1))
+        if spec.min_p > 0.0:
+            stages.append(llama_cpp.llama_sampler_init_min_p(spec.min_p, 1))
+        stages.append(llama_cpp.llama_sampler_init_temp(spec.temperature))
+        seed = RANDOM_SEED if spec.seed is None else spec.seed & 0xFFFFFFFF
+        if seed == RANDOM_SEED and spec.seed is not None:
+            seed = RANDOM_SEED - 1  # an explicit seed must never mean "random"
+        stages.append(llama_cpp.llama_sampler_init_dist(seed))
+        return stages
+
+    def sample(self, ctx: LlamaContext, batch_index: int) -> int:
+        """Sample from the logits of `batch_index` and record the token (penalties need it)."""
+        return int(llama_cpp.llama_sampler_sample(self.ptr, ctx.ptr, batch_index))
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_sampler_free(self.ptr)
+            self.ptr = None

@@ -1,0 +1,107 @@
+"""Live roost servers on free ports, driven through the official openai client."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+MODEL = "smollm2-135m-instruct"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    api_key: str | None = None
+
+    def client(self, **kwargs: object) -> openai.OpenAI:
+        kwargs.setdefault("api_key", self.api_key or "unused")
+        kwargs.setdefault("max_retries", 0)
+        kwargs.setdefault("timeout", 120)
+        return openai.OpenAI(base_url=f"{self.base_url}/v1", **kwargs)  # type: ignore[arg-type]
+
+    def http(self) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return httpx.Client(base_url=self.base_url, timeout=120, headers=headers)
+
+
+def start_server(*flags: str, api_key: str | None = None) -> Iterator[Server]:
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "roost",
+        "serve",
+        "--port",
+        str(port),
+        "--threads",
+        "2",
+        "--log-level",
+        "warning",
+        *flags,
+    ]
+    if api_key:
+        cmd += ["--api-key", api_key]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    server = Server(f"http://127.0.0.1:{port}", process, api_key)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"roost exited with {process.returncode}")
+            try:
+                if httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError("roost did not become healthy")
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    yield from start_server("--parallel", "4", "--ctx-size", "4096")
+
+
+@pytest.fixture(scope="session")
+def client(server: Server) -> openai.OpenAI:
+    return server.client()
+
+
+@pytest.fixture(scope="session")
+def eog_bias() -> dict[str, int]:
+    """logit_bias that bans the model's end tokens, so a request runs to max_tokens."""
+    from roost.config import embedded_model_path
+    from roost.llama.model import LlamaModel
+
+    model = LlamaModel(embedded_model_path())
+    try:
+        return {str(t): -100 for t in range(model.num_vocab) if model.is_eog(t)}
+    finally:
+        model.close()

@@ -1,0 +1,115 @@
+"""Continuous batching as a client sees it: concurrency, queueing, disconnects, prefix reuse."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import MODEL, Server, start_server
+
+
+def _stream_tokens(client: openai.OpenAI, prompt: str, bias: dict[str, int], n: int) -> tuple:
+    usage, reason = None, None
+    for chunk in client.completions.create(
+        model=MODEL,
+        prompt=prompt,
+        max_tokens=n,
+        stream=True,
+        logit_bias=bias,
+        stream_options={"include_usage": True},
+    ):
+        if chunk.choices and chunk.choices[0].finish_reason:
+            reason = chunk.choices[0].finish_reason
+        if chunk.usage:
+            usage = chunk.usage
+    return reason, usage
+
+
+def test_eight_concurrent_streams_complete_in_full(
+    client: openai.OpenAI, eog_bias: dict[str, int]
+) -> None:
+    prompts = [f"Story number {i}: once upon a time" for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda p: _stream_tokens(client, p, eog_bias, 48), prompts))
+    for reason, usage in results:
+        assert reason == "length"
+        assert usage is not None and usage.completion_tokens == 48
+
+
+def test_prefix_reuse_reports_cached_tokens(client: openai.OpenAI) -> None:
+    system = "You are a meticulous assistant. " + " ".join(f"Rule {i}: be kind." for i in range(60))
+    first = client.chat.completions.create(
+        model=MODEL,
+        max_tokens=4,
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": "Hi"}],
+    )
+    second = client.chat.completions.create(
+        model=MODEL,
+        max_tokens=4,
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": "Hello!"}],
+    )
+    assert first.usage is not None and second.usage is not None
+    cached = second.usage.prompt_tokens_details.cached_tokens  # type: ignore[union-attr]
+    assert cached >= 300
+    assert cached < second.usage.prompt_tokens
+
+
+@pytest.fixture(scope="module")
+def single_slot() -> Iterator[Server]:
+    yield from start_server("--parallel", "1", "--max-waiting", "0", "--ctx-size", "2048")
+
+
+def _wait_idle(server: Server, attempts: int = 50) -> bool:
+    for _ in range(attempts):
+        if httpx.get(f"{server.base_url}/health").json()["generation_status"] == "idle":
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_disconnect_frees_the_sequence(single_slot: Server, eog_bias: dict[str, int]) -> None:
+    body = {
+        "model": MODEL,
+        "prompt": "Count forever:",
+        "max_tokens": 1900,
+        "stream": True,
+        "logit_bias": eog_bias,
+    }
+    with (
+        httpx.Client(base_url=single_slot.base_url, timeout=60) as http,
+        http.stream("POST", "/v1/completions", json=body) as resp,
+    ):
+        lines = resp.iter_lines()
+        for _ in range(3):
+            next(lines)
+    # 1,900 tokens would take far longer than this wait; only cancellation makes it idle
+    assert _wait_idle(single_slot)
+    out = single_slot.client().completions.create(model=MODEL, prompt="Hi", max_tokens=3)
+    assert out.choices[0].finish_reason in ("stop", "length")
+
+
+def test_full_queue_is_503_with_retry_after(single_slot: Server, eog_bias: dict[str, int]) -> None:
+    body = {
+        "model": MODEL,
+        "prompt": "Busy:",
+        "max_tokens": 1900,
+        "stream": True,
+        "logit_bias": eog_bias,
+    }
+    with httpx.Client(base_url=single_slot.base_url, timeout=60) as http:
+        with http.stream("POST", "/v1/completions", json=body) as resp:
+            assert resp.status_code == 200
+            lines = resp.iter_lines()  # kept: dropping the iterator closes the connection
+            assert next(lines).startswith("data: {")
+            busy = http.post(
+                "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 1}
+            )
+        assert busy.status_code == 503, busy.text
+        assert busy.headers["Retry-After"]
+        assert busy.json()["error"]["code"] == "queue_full"
+    assert _wait_idle(single_slot)

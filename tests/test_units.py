@@ -1,0 +1,108 @@
+"""Pure-Python pieces: stop-string holdback, prefix matching, settings precedence, CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from roost.cli import build_parser
+from roost.config import load_settings
+from roost.engine.prefix_cache import SlotTable, common_prefix_len
+from roost.engine.sequence import StopMatcher
+
+
+def _feed_all(matcher: StopMatcher, pieces: list[str]) -> tuple[str, bool]:
+    out = ""
+    for piece in pieces:
+        text, hit = matcher.feed(piece)
+        out += text
+        if hit:
+            return out, True
+    return out + matcher.flush(), False
+
+
+@pytest.mark.parametrize(
+    ("pieces", "stops", "expected"),
+    [
+        (["Hello", " wor", "ld", "!"], ("world",), ("Hello ", True)),
+        (["ab", "c", "d"], ("cd", "bc"), ("a", True)),
+        (["x<", "/s", "top>"], ("</stop>",), ("x", True)),
+        (["wo", "rk"], ("world",), ("work", False)),
+        (["plain"], (), ("plain", False)),
+    ],
+)
+def test_stop_matcher(pieces: list[str], stops: tuple[str, ...], expected: tuple) -> None:
+    assert _feed_all(StopMatcher(stops), pieces) == expected
+
+
+def test_stop_matcher_never_emits_a_partial_stop() -> None:
+    matcher = StopMatcher(("STOP",))
+    emitted = [matcher.feed(p)[0] for p in ["a S", "T", "O"]]
+    assert emitted == ["a ", "", ""]
+
+
+def test_common_prefix_len() -> None:
+    a = list(range(1000))
+    assert common_prefix_len(a, a) == 1000
+    assert common_prefix_len(a, [*a[:700], -1]) == 700
+    assert common_prefix_len([], a) == 0
+
+
+def test_slot_table_prefers_longest_prefix_and_keeps_one_token() -> None:
+    table = SlotTable(2)
+    first = table.acquire("a", [1, 2, 3, 4])
+    assert first is not None and first.num_reused == 0
+    first.slot.tokens = [1, 2, 3, 4]
+    table.release(first.slot, first.slot.tokens)
+    again = table.acquire("b", [1, 2, 3, 4])
+    assert again is not None and again.slot is first.slot and again.num_reused == 3
+    other = table.acquire("c", [1, 2, 9])
+    assert other is not None and other.slot is not first.slot
+    assert table.acquire("d", [1]) is None
+
+
+def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "roost.yaml"
+    config.write_text(
+        "port: 9000\nparallel: 2\nmodels:\n"
+        "  - {name: a, path: /m/a.gguf}\n  - {name: b, path: /m/b.gguf, parallel: 8}\n"
+    )
+    monkeypatch.setenv("ROOST_PARALLEL", "3")
+    settings = load_settings(config, port=9100)
+    assert settings.port == 9100  # CLI beats the file
+    models = {m.name: m for m in settings.resolved_models()}
+    assert models["a"].parallel == 3  # env beats the file
+    assert models["b"].parallel == 8  # a model's own value beats the server default
+
+
+def test_duplicate_model_names_rejected(tmp_path: Path) -> None:
+    config = tmp_path / "roost.yaml"
+    config.write_text("models:\n  - {name: a, path: x.gguf}\n  - {name: a, path: y.gguf}\n")
+    with pytest.raises(ValueError, match="unique"):
+        load_settings(config)
+
+
+def test_cli_flags_come_from_settings() -> None:
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--model",
+            "m.gguf",
+            "--name",
+            "m",
+            "--port",
+            "1",
+            "--api-key",
+            "k",
+            "--parallel",
+            "2",
+            "--ctx-size",
+            "128",
+            "--threads",
+            "1",
+            "--max-waiting",
+            "5",
+        ]
+    )
+    assert args.model == Path("m.gguf") and args.ctx_size == 128 and args.max_waiting == 5
