@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from roost.chat.server_tools import load_server_tool
 from roost.config import Settings, load_settings
 
 _SCALARS = {str: str, int: int, float: float, Path: Path, SecretStr: str}
@@ -27,16 +28,13 @@ def _flag_type(annotation: Any) -> Any:
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
-        flag_type = _flag_type(field.annotation)
-        if flag_type is None:
-            continue
-        parser.add_argument(
-            f"--{name.replace('_', '-')}",
-            dest=name,
-            type=flag_type,
-            default=None,
-            help=field.description,
-        )
+        flag = f"--{name.replace('_', '-')}"
+        if field.annotation is bool:
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, help=field.description
+            )
+        elif (flag_type := _flag_type(field.annotation)) is not None:
+            parser.add_argument(flag, dest=name, type=flag_type, help=field.description)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         for model in models:
             if not model.path.is_file():
                 raise FileNotFoundError(f"model file not found: {model.path}")
+        for reference in settings.tools:
+            load_server_tool(reference)
     except (FileNotFoundError, ValueError) as exc:
         print(f"roost: {exc}", file=sys.stderr)
         return 2

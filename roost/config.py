@@ -37,6 +37,7 @@ class ModelConfig(BaseModel):
     threads: int | None = Field(default=None, ge=1)
     batch_size: int | None = Field(default=None, ge=16)
     max_waiting: int | None = Field(default=None, ge=0)
+    kv_unified: bool | None = None
     chat_template: str | None = None
 
 
@@ -50,6 +51,7 @@ class EngineConfig(BaseModel):
     threads: int
     batch_size: int
     max_waiting: int
+    kv_unified: bool
     chat_template: str | None
 
 
@@ -65,7 +67,15 @@ class Settings(BaseSettings):
     name: str | None = Field(default=None, description="model id for --model")
     parallel: int = Field(default=4, ge=1, le=64, description="sequences decoded together")
     ctx_size: int | None = Field(
-        default=None, ge=64, description="KV cache size in tokens (default: model's context)"
+        default=None,
+        ge=64,
+        description="KV cache tokens in all; each request gets ctx-size/parallel "
+        "(or all of it with --kv-unified). Default: the model's training context",
+    )
+    kv_unified: bool = Field(
+        default=False,
+        description="one KV buffer shared by all sequences: any request may use the whole "
+        "context, at the cost of slower attention under concurrency",
     )
     threads: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="CPU threads"
@@ -75,6 +85,13 @@ class Settings(BaseSettings):
         default=256, ge=0, description="queued requests beyond --parallel before 503"
     )
     log_level: str = Field(default="info", description="logging level")
+    tools: list[str] = Field(
+        default_factory=list, description="server-side tools as 'package.module:function'"
+    )
+    tool_timeout: float = Field(default=10.0, gt=0, description="seconds per server tool call")
+    tool_max_rounds: int = Field(
+        default=4, ge=1, le=16, description="server tool rounds per request"
+    )
     models: list[ModelConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -103,6 +120,7 @@ class Settings(BaseSettings):
             threads=entry.threads or self.threads,
             batch_size=entry.batch_size or self.batch_size,
             max_waiting=self.max_waiting if entry.max_waiting is None else entry.max_waiting,
+            kv_unified=self.kv_unified if entry.kv_unified is None else entry.kv_unified,
             chat_template=entry.chat_template,
         )
 

@@ -113,3 +113,29 @@ def test_full_queue_is_503_with_retry_after(single_slot: Server, eog_bias: dict[
         assert busy.headers["Retry-After"]
         assert busy.json()["error"]["code"] == "queue_full"
     assert _wait_idle(single_slot)
+
+
+@pytest.fixture(scope="module")
+def unified_small() -> Iterator[Server]:
+    yield from start_server("--parallel", "4", "--ctx-size", "512", "--kv-unified")
+
+
+def test_unified_cache_preempts_and_still_delivers_everything(
+    unified_small: Server, eog_bias: dict[str, int]
+) -> None:
+    # four requests need ~850 cells of a 512-cell cache: the newest must be preempted and
+    # resumed, and every request still delivers all of its tokens
+    client = unified_small.client()
+    prompts = [f"Tale {i}: a dragon" for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda p: _stream_tokens(client, p, eog_bias, 200), prompts))
+    for reason, usage in results:
+        assert reason == "length"
+        assert usage is not None and usage.completion_tokens == 200
+
+
+def test_per_request_context_is_the_cache_share(client: openai.OpenAI) -> None:
+    # the default test server splits 4096 cells over 4 sequences: 1024 tokens per request
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=MODEL, prompt="hi", max_tokens=1100)
+    assert "1024" in info.value.message

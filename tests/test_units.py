@@ -106,3 +106,20 @@ def test_cli_flags_come_from_settings() -> None:
         ]
     )
     assert args.model == Path("m.gguf") and args.ctx_size == 128 and args.max_waiting == 5
+
+
+def test_grammar_schemas_keep_every_rule_or_refuse() -> None:
+    from roost.llama.grammar import GrammarError, enforceable
+
+    ranged = {
+        "type": "object",
+        "properties": {"d": {"type": "integer", "minimum": 1, "exclusiveMaximum": 4}},
+    }
+    assert enforceable(ranged)["properties"]["d"] == {"enum": [1, 2, 3]}
+    for lost in (
+        {"type": "number", "maximum": 3},
+        {"type": "string", "format": "email"},
+        {"type": "array", "items": {"type": "integer", "minimum": 0}},
+    ):
+        with pytest.raises(GrammarError):
+            enforceable(lost)

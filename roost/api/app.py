@@ -12,11 +12,13 @@ from roost import __version__
 from roost.api.errors import install_handlers
 from roost.api.registry import ModelRegistry
 from roost.api.routes import public, v1
+from roost.chat.server_tools import load_server_tool
 from roost.config import Settings
 
 
 def create_app(settings: Settings) -> FastAPI:
     registry = ModelRegistry(settings.resolved_models())
+    server_tools = {tool.name: tool for tool in map(load_server_tool, settings.tools)}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -32,6 +34,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="roost", version=__version__, lifespan=lifespan)
     app.state.registry = registry
+    app.state.settings = settings
+    app.state.server_tools = server_tools
     app.state.api_key = settings.api_key.get_secret_value() if settings.api_key else None
     install_handlers(app)
     app.include_router(public)

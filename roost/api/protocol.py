@@ -6,10 +6,13 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from jsonschema import Draft202012Validator, SchemaError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 from roost.api.errors import InvalidRequest
+from roost.chat.constraints import ToolSpec
 from roost.engine.params import SamplingParams
+from roost.llama.sampler import SamplerSpec
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
@@ -66,11 +69,12 @@ class SamplingRequest(Request):
             if is_set:
                 raise InvalidRequest(f"'{name}' is not supported by this server yet", param=name)
 
-    def to_sampling_params(self, num_vocab: int, max_tokens: int | None) -> SamplingParams:
+    def to_sampling_params(
+        self, num_vocab: int, max_tokens: int | None, grammar: str | None = None
+    ) -> SamplingParams:
         """Precedence: request value → OpenAI default (model configs add no overrides yet)."""
         stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        return SamplingParams(
-            max_tokens=max_tokens,
+        sampler = SamplerSpec(
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
             top_k=max(self.top_k or 0, 0),
@@ -80,8 +84,9 @@ class SamplingRequest(Request):
             frequency_penalty=self.frequency_penalty or 0.0,
             repetition_penalty=self.repetition_penalty or 1.0,
             logit_bias=self._token_biases(num_vocab),
-            stop=stops,
+            grammar=grammar,
         )
+        return SamplingParams(max_tokens=max_tokens, stop=stops, sampler=sampler)
 
     def _token_biases(self, num_vocab: int) -> dict[int, float]:
         biases: dict[int, float] = {}
@@ -107,11 +112,22 @@ class ContentPart(Request):
     type: str
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class MessageToolCall(Request):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(Request):
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart | ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[MessageToolCall] | None = None
     tool_call_id: str | None = None
 
     def text(self, index: int) -> str:
@@ -132,37 +148,88 @@ class ResponseFormat(Request):
     type: Literal["text", "json_object", "json_schema"]
 
 
+class FunctionDefinition(Request):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ToolChoiceFunction(Request):
+    name: str
+
+
+class NamedToolChoice(Request):
+    type: Literal["function"]
+    function: ToolChoiceFunction
+
+
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
     def unsupported(self) -> dict[str, bool]:
-        offers_tools = bool(self.tools) and self.tool_choice != "none"
         return {
             **super().unsupported(),
             "logprobs": self.logprobs,
             "top_logprobs": self.top_logprobs is not None,
             "response_format": self.response_format is not None
             and self.response_format.type != "text",
-            "tools": offers_tools,
         }
+
+    def tool_specs(self) -> list[ToolSpec]:
+        """The client's tools, each schema checked (an invalid one is a 400 naming it)."""
+        specs = []
+        for i, tool in enumerate(self.tools or []):
+            function = tool.function
+            parameters = function.parameters or {"type": "object", "properties": {}}
+            try:
+                Draft202012Validator.check_schema(parameters)
+            except SchemaError as exc:
+                raise InvalidRequest(
+                    f"invalid JSON schema for tool '{function.name}': {exc.message}",
+                    param=f"tools[{i}].function.parameters",
+                ) from None
+            specs.append(ToolSpec(function.name, function.description, parameters))
+        return specs
+
+    def check_tool_messages(self) -> None:
+        """Every `tool` message answers a call made by an earlier assistant message."""
+        call_ids: set[str] = set()
+        for i, message in enumerate(self.messages):
+            call_ids.update(call.id for call in message.tool_calls or [])
+            if message.role == "tool" and message.tool_call_id not in call_ids:
+                raise InvalidRequest(
+                    "a 'tool' message must answer a tool call of an earlier assistant message "
+                    f"(no call with id '{message.tool_call_id}')",
+                    param=f"messages[{i}].tool_call_id",
+                )
 
     def template_messages(self) -> list[dict[str, Any]]:
         rendered = []
         for i, message in enumerate(self.messages):
             role = "system" if message.role == "developer" else message.role
             item: dict[str, Any] = {"role": role, "content": message.text(i)}
-            for key in ("name", "tool_calls", "tool_call_id"):
-                if getattr(message, key) is not None:
-                    item[key] = getattr(message, key)
+            if message.name is not None:
+                item["name"] = message.name
+            if message.tool_calls:
+                item["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+            if message.tool_call_id is not None:
+                item["tool_call_id"] = message.tool_call_id
             rendered.append(item)
         return rendered
 
@@ -204,9 +271,25 @@ class Usage(BaseModel):
         self.prompt_tokens_details.cached_tokens += cached
 
 
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
+
+
+class ServerToolCall(BaseModel):
+    """roost extension: a server-side tool call made while answering, with its result."""
+
+    id: str
+    name: str
+    arguments: str
+    result: str
 
 
 class ChatChoice(BaseModel):
@@ -224,11 +307,33 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str | None = None
+    server_tool_calls: list[ServerToolCall] | None = None
 
 
-class Delta(BaseModel):
+class _Sparse(BaseModel):
+    """Serialised without null fields, as OpenAI sends stream deltas."""
+
+    @model_serializer(mode="wrap")
+    def _drop_none(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class DeltaFunction(_Sparse):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(_Sparse):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunction
+
+
+class Delta(_Sparse):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChunkChoice(BaseModel):

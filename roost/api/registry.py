@@ -35,7 +35,7 @@ class ServedModel:
 
     @property
     def num_ctx(self) -> int:
-        return self.client.num_ctx
+        return self.client.max_seq_len
 
     def chat_tokens(self, messages: list[dict[str, Any]], **extra: Any) -> list[int]:
         try:
@@ -88,7 +88,12 @@ class ModelRegistry:
                 self.models[config.name] = ServedModel(
                     config.name, client, _template(client, config)
                 )
-                log.info("model %s ready (%s, ctx %d)", config.name, config.path, client.num_ctx)
+                log.info(
+                    "model %s ready (%s, %d tokens per request)",
+                    config.name,
+                    config.path,
+                    client.max_seq_len,
+                )
             self.status = LoadStatus.READY
         except Exception:
             log.exception("loading models failed")

@@ -42,12 +42,12 @@ v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
 
 @public.get("/health")
-async def health(registry: Registry) -> JSONResponse:
+async def health(registry: Registry, request: Request) -> JSONResponse:
     body = {
         "status": registry.status.value,
         "generation_status": "generating" if registry.is_generating() else "idle",
         "models": list(registry.models),
-        "tools_loaded": [],
+        "tools_loaded": sorted(request.app.state.server_tools),
     }
     return JSONResponse(body, status_code=200 if registry.status is LoadStatus.READY else 503)
 

@@ -1,13 +1,17 @@
-"""POST /v1/chat/completions."""
+"""POST /v1/chat/completions: template → engine → (tool calls, server tool rounds) → response."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
 
+from roost.api.errors import InvalidRequest
 from roost.api.protocol import (
     ChatChoice,
     ChatCompletion,
@@ -15,23 +19,73 @@ from roost.api.protocol import (
     ChatCompletionRequest,
     ChunkChoice,
     Delta,
+    DeltaFunction,
+    DeltaToolCall,
+    FunctionCall,
     ResponseMessage,
+    ServerToolCall,
+    ToolCallOut,
     Usage,
     new_id,
 )
-from roost.api.registry import ModelRegistry
+from roost.api.registry import ModelRegistry, ServedModel
 from roost.api.serving import (
     DONE,
     add_usage,
     check_event,
-    collect,
-    merge,
     sse,
     stream_response,
     submit_all,
     until_disconnect,
 )
+from roost.chat.constraints import ToolSpec, forced_call_grammar
+from roost.chat.server_tools import ServerTool, run_server_tool
+from roost.chat.tool_prompt import fallback_messages, native_messages
+from roost.chat.tools import (
+    PARSERS,
+    ParsedOutput,
+    ToolCall,
+    ToolCallParser,
+    ToolCallStream,
+    find_marker,
+)
+from roost.chat.tools import parser_for_template as _parser_for_template
 from roost.engine.client import RequestStream
+from roost.llama.grammar import GrammarError, check_grammar
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """How this request offers tools to the model and reads calls back."""
+
+    specs: list[ToolSpec]
+    parser: ToolCallParser
+    is_native: bool  # the model's template renders `tools` itself
+    forced_grammar: str | None  # tool_choice required / named: first turn only
+    allow_many: bool
+
+
+@dataclass
+class Piece:
+    """One unit of a chat answer, shared by the streaming and non-streaming writers."""
+
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+@dataclass
+class Turn:
+    """State of one chat request across server-tool rounds."""
+
+    body: ChatCompletionRequest
+    served: ServedModel
+    plan: ToolPlan | None
+    server_tools: dict[str, ServerTool]
+    tool_timeout: float
+    max_rounds: int
+    usage: Usage = field(default_factory=Usage)
+    executed: list[ServerToolCall] = field(default_factory=list)
 
 
 async def create_chat_completion(
@@ -39,48 +93,234 @@ async def create_chat_completion(
 ) -> Response | ChatCompletion:
     served = registry.get(body.model)
     body.check_supported()
-    prompt = served.chat_tokens(body.template_messages())
-    max_tokens = served.max_new_tokens(len(prompt), body.requested_max_tokens(), "messages")
-    params = body.to_sampling_params(served.client.model.num_vocab, max_tokens)
-    streams = submit_all(served, [prompt], params)
+    body.check_tool_messages()
+    settings = request.app.state.settings
+    server_tools: dict[str, ServerTool] = request.app.state.server_tools
+    turn = Turn(
+        body,
+        served,
+        _plan_tools(body, served, server_tools),
+        server_tools,
+        settings.tool_timeout,
+        settings.tool_max_rounds,
+    )
+    messages = body.template_messages()
+    first_round = _start_round(turn, messages, 0)  # bad input and a full queue fail here
+    pieces = _answer(turn, messages, first_round)
     response_id, created = new_id("chatcmpl"), int(time.time())
     if body.stream:
-        return stream_response(streams, lambda: _chunks(body, streams, response_id, created))
+        frames = _chunks(turn, pieces, response_id, created)
+        return stream_response([], lambda: frames)
     try:
-        result = await until_disconnect(request, collect(streams))
+        collected = await until_disconnect(request, _collect(pieces))
     finally:
-        for stream in streams:
-            stream.cancel()
-    choices = [
-        ChatChoice(index=i, message=ResponseMessage(content=text), finish_reason=reason)
-        for i, (text, reason) in enumerate(zip(result.texts, result.finish_reasons, strict=True))
-    ]
+        await pieces.aclose()
+    text, calls, reason = collected
+    message = ResponseMessage(
+        content=text or (None if calls else ""),
+        tool_calls=[_call_out(c) for c in calls] or None,
+    )
     return ChatCompletion(
-        id=response_id, created=created, model=body.model, choices=choices, usage=result.usage
+        id=response_id,
+        created=created,
+        model=body.model,
+        choices=[ChatChoice(index=0, message=message, finish_reason=reason)],
+        usage=turn.usage,
+        server_tool_calls=turn.executed or None,
     )
 
 
+def _plan_tools(
+    body: ChatCompletionRequest, served: ServedModel, server_tools: dict[str, ServerTool]
+) -> ToolPlan | None:
+    client_specs, choice = body.tool_specs(), body.tool_choice
+    if choice == "none":
+        return None  # no tools offered, none parsed
+    names = [spec.name for spec in client_specs]
+    if len(set(names)) != len(names):
+        raise InvalidRequest("tool names must be unique", param="tools")
+    specs = client_specs + [t.spec for t in server_tools.values() if t.name not in names]
+    if not specs:
+        if choice not in (None, "auto"):
+            raise InvalidRequest("tool_choice requires tools", param="tool_choice")
+        return None
+    is_native = served.template.supports_tools
+    parser = _parser_for_template(served.template.source) if is_native else PARSERS["hermes"]
+    forced = _forced_specs(choice, specs)
+    grammar = None
+    if forced:
+        try:
+            # a small model, once forced, may call again and again: one call per offered tool
+            # (named: exactly one) is the bound; parallel_tool_calls false means one
+            many = body.parallel_tool_calls and choice == "required"
+            grammar = forced_call_grammar(forced, parser.name, len(forced) if many else 1)
+            check_grammar(served.client.model, grammar)
+        except GrammarError as exc:
+            raise InvalidRequest(str(exc), param="tools") from exc
+    return ToolPlan(specs, parser, is_native, grammar, body.parallel_tool_calls)
+
+
+def _forced_specs(choice: object, specs: list[ToolSpec]) -> list[ToolSpec]:
+    if choice == "required":
+        return specs
+    if choice is None or isinstance(choice, str):
+        return []
+    name = choice.function.name  # type: ignore[attr-defined]
+    named = [spec for spec in specs if spec.name == name]
+    if not named:
+        raise InvalidRequest(f"tool_choice names an unknown function '{name}'", "tool_choice")
+    return named
+
+
+def _prompt(turn: Turn, messages: list[dict[str, Any]]) -> list[int]:
+    plan = turn.plan
+    if plan is None:
+        return turn.served.chat_tokens(messages)
+    if plan.is_native:
+        tools = [spec.as_openai() for spec in plan.specs]
+        return turn.served.chat_tokens(native_messages(messages), tools=tools)
+    return turn.served.chat_tokens(fallback_messages(messages, plan.specs))
+
+
+@dataclass
+class Round:
+    """One generation request of a turn, already queued in the engine."""
+
+    stream: RequestStream
+    splitter: ToolCallStream | None
+
+
+def _start_round(turn: Turn, messages: list[dict[str, Any]], round_no: int) -> Round:
+    body, served, plan = turn.body, turn.served, turn.plan
+    prompt = _prompt(turn, messages)
+    limit = served.max_new_tokens(len(prompt), body.requested_max_tokens(), "messages")
+    # a forced tool_choice applies to the model's first answer, not to what follows tool results
+    grammar = plan.forced_grammar if plan and round_no == 0 else None
+    params = body.to_sampling_params(served.client.model.num_vocab, limit, grammar)
+    [stream] = submit_all(served, [prompt], params)
+    return Round(stream, ToolCallStream(plan.parser) if plan else None)
+
+
+async def _answer(
+    turn: Turn, messages: list[dict[str, Any]], current: Round
+) -> AsyncIterator[Piece]:
+    """Generate, run server tools the model calls, and generate again, up to max_rounds."""
+    plan = turn.plan
+    for round_no in range(turn.max_rounds + 1):
+        if round_no:
+            current = _start_round(turn, messages, round_no)
+        finish, splitter, said = "stop", current.splitter, ""
+        try:
+            async for event in current.stream:
+                check_event(event)
+                text = splitter.feed(event.text) if splitter else event.text
+                if text:
+                    said += text
+                    yield Piece(text=text)
+                if event.finish_reason is not None:
+                    add_usage(turn.usage, event)
+                    finish = event.finish_reason.value
+        finally:
+            current.stream.cancel()
+        parsed = splitter.finish() if splitter else ParsedOutput(None, [])
+        if finish == "length" and plan:
+            parsed = _without_cut_call(parsed, plan.parser)
+        if parsed.content:
+            yield Piece(text=parsed.content)
+        calls = parsed.tool_calls if plan is None or plan.allow_many else parsed.tool_calls[:1]
+        server_calls = [c for c in calls if c.name in turn.server_tools]
+        if server_calls and len(server_calls) == len(calls) and round_no < turn.max_rounds:
+            content = said + (parsed.content or "")
+            messages = messages + await _run_server_calls(turn, content, server_calls)
+            continue
+        client_calls = [c for c in calls if c.name not in turn.server_tools]
+        if client_calls:
+            yield Piece(tool_calls=client_calls, finish_reason="tool_calls")
+        else:
+            yield Piece(finish_reason=finish)
+        return
+
+
+async def _run_server_calls(
+    turn: Turn, content: str | None, calls: list[ToolCall]
+) -> list[dict[str, Any]]:
+    """Execute calls concurrently; returns the assistant + tool messages for the next round."""
+    results = await asyncio.gather(
+        *(run_server_tool(turn.server_tools[c.name], c.arguments, turn.tool_timeout) for c in calls)
+    )
+    turn.executed += [
+        ServerToolCall(id=c.id, name=c.name, arguments=c.arguments, result=r)
+        for c, r in zip(calls, results, strict=True)
+    ]
+    assistant = {
+        "role": "assistant",
+        "content": content or "",
+        "tool_calls": [_call_out(c).model_dump() for c in calls],
+    }
+    answers = [
+        {"role": "tool", "tool_call_id": c.id, "name": c.name, "content": r}
+        for c, r in zip(calls, results, strict=True)
+    ]
+    return [assistant, *answers]
+
+
+def _without_cut_call(parsed: ParsedOutput, parser: ToolCallParser) -> ParsedOutput:
+    """A call cut short by max_tokens cannot parse; its markup must not become content."""
+    content = parsed.content or ""
+    cut = find_marker(content, parser.start_markers)
+    return ParsedOutput(content[:cut] if cut is not None else content, parsed.tool_calls)
+
+
+def _call_out(call: ToolCall) -> ToolCallOut:
+    return ToolCallOut(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments))
+
+
+async def _collect(pieces: AsyncIterator[Piece]) -> tuple[str, list[ToolCall], str | None]:
+    text, calls, reason = "", [], None
+    async for piece in pieces:
+        text += piece.text
+        calls += piece.tool_calls
+        reason = piece.finish_reason or reason
+    return text, calls, reason
+
+
 async def _chunks(
-    body: ChatCompletionRequest, streams: list[RequestStream], response_id: str, created: int
+    turn: Turn, pieces: AsyncIterator[Piece], response_id: str, created: int
 ) -> AsyncIterator[str]:
-    def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
+    body = turn.body
+
+    def chunk(delta: Delta | None, finish: str | None = None, usage: Usage | None = None) -> str:
+        choices = [] if delta is None else [ChunkChoice(index=0, delta=delta, finish_reason=finish)]
         return sse(
             ChatCompletionChunk(
                 id=response_id, created=created, model=body.model, choices=choices, usage=usage
             )
         )
 
-    for index in range(len(streams)):
-        yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
-    usage = Usage()
-    async for index, event in merge(streams):
-        check_event(event)
-        if event.text:
-            yield chunk([ChunkChoice(index=index, delta=Delta(content=event.text))])
-        if event.finish_reason is not None:
-            add_usage(usage, event)
-            reason = event.finish_reason.value
-            yield chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=reason)])
+    yield chunk(Delta(role="assistant", content=""))
+    try:
+        async for piece in pieces:
+            if piece.text:
+                yield chunk(Delta(content=piece.text))
+            for index, call in enumerate(piece.tool_calls):
+                yield chunk(Delta(tool_calls=[_first_fragment(index, call)]))
+                fragment = DeltaToolCall(
+                    index=index, function=DeltaFunction(arguments=call.arguments)
+                )
+                yield chunk(Delta(tool_calls=[fragment]))
+            if piece.finish_reason is not None:
+                yield chunk(Delta(), piece.finish_reason)
+    finally:
+        await pieces.aclose()
     if body.stream_options and body.stream_options.include_usage:
-        yield chunk([], usage)
+        yield chunk(None, usage=turn.usage)
     yield DONE
+
+
+def _first_fragment(index: int, call: ToolCall) -> DeltaToolCall:
+    return DeltaToolCall(
+        index=index,
+        id=call.id,
+        type="function",
+        function=DeltaFunction(name=call.name, arguments=""),
+    )

@@ -43,6 +43,11 @@ class ChatTemplate:
         self.bos_token = bos_token
         self.eos_token = eos_token
 
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the template itself renders a `tools` list (else roost's fallback prompt)."""
+        return "tools" in self.source
+
     def render(
         self,
         messages: list[dict[str, Any]],

@@ -27,7 +27,7 @@ class EngineClient:
         self.created = int(time.time())
         self.engine = Engine(config, self._on_events)  # loads the model: call off the loop
         self.model = self.engine.model
-        self.num_ctx = self.engine.num_ctx
+        self.max_seq_len = self.engine.max_seq_len  # prompt + output of one request
 
     @property
     def max_in_flight(self) -> int:
@@ -42,7 +42,9 @@ class EngineClient:
         if self.num_in_flight >= self.max_in_flight:
             raise QueueFull(f"{self.num_in_flight} requests in flight")
         events: asyncio.Queue[Event] = asyncio.Queue()
-        seq = Sequence(f"req-{next(self._ids)}", prompt, params, events.put_nowait, self.num_ctx)
+        seq = Sequence(
+            f"req-{next(self._ids)}", prompt, params, events.put_nowait, self.max_seq_len
+        )
         self.num_in_flight += 1
         self.engine.submit(seq)
         return RequestStream(self, seq.request_id, events)

@@ -36,13 +36,21 @@ class Engine:
     def __init__(self, config: EngineConfig, sink: EventSink) -> None:
         self.config = config
         self.model = LlamaModel(config.path)
-        num_ctx = min(config.ctx_size or self.model.num_ctx_train, self.model.num_ctx_train)
         self.num_batch = config.batch_size
         self.ctx = LlamaContext(
             self.model,
-            ContextParams(num_ctx, self.num_batch, config.parallel, config.threads),
+            ContextParams(
+                config.ctx_size or self.model.num_ctx_train,
+                self.num_batch,
+                config.parallel,
+                config.threads,
+                config.kv_unified,
+            ),
         )
-        self.num_ctx = self.ctx.num_ctx
+        self.num_ctx = self.ctx.num_ctx  # KV cells in all
+        per_sequence = self.num_ctx if config.kv_unified else self.num_ctx // config.parallel
+        # positions past the training context degrade the model: never go there
+        self.max_seq_len = min(per_sequence, self.model.num_ctx_train)
         self.slots = SlotTable(config.parallel)
         self.scheduler = Scheduler(self.slots, self.num_ctx, self.num_batch)
         self.runner = Runner(self.ctx, self.num_batch)
@@ -99,8 +107,14 @@ class Engine:
 
     def _admit(self, seq: Sequence) -> None:
         # penalties cover every generated token: the window is the whole context
-        spec = replace(seq.params.sampler_spec(), penalty_last_n=self.num_ctx)
-        seq.sampler = Sampler(self.model.num_vocab, spec)
+        spec = replace(seq.params.sampler, penalty_last_n=self.max_seq_len)
+        try:
+            seq.sampler = Sampler(self.model, spec)
+        except Exception as exc:  # a bad sampler fails its request, never the engine
+            event = seq.finish(FinishReason.ERROR, [])
+            event.error = str(exc)
+            self._sink([(seq, event)])
+            return
         self.scheduler.add(seq)
 
     def _abort(self, request_id: str) -> None:

@@ -26,6 +26,7 @@ class ContextParams:
     num_batch: int
     num_seq_max: int
     num_threads: int
+    kv_unified: bool = False
 
 
 class LlamaContext:
@@ -40,8 +41,9 @@ class LlamaContext:
         # explicit: the default thread count oversubscribes small machines
         cparams.n_threads = params.num_threads
         cparams.n_threads_batch = params.num_threads
-        # unified: sequences may share prefix cells (partial seq_cp needs it) and grow freely
-        cparams.kv_unified = True
+        # unified: one buffer all sequences grow into (partial seq_cp needs it), but every
+        # token then attends over every sequence's cells; split: n_ctx / n_seq_max each
+        cparams.kv_unified = params.kv_unified
         cparams.no_perf = True
         ctx = llama_cpp.llama_init_from_model(model.ptr, cparams)
         if not ctx:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import llama_cpp
 
 from roost.llama.context import LlamaContext
+from roost.llama.model import LlamaModel
 
 RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks a random seed
 
@@ -25,20 +26,22 @@ class SamplerSpec:
     presence_penalty: float = 0.0
     penalty_last_n: int = 64
     logit_bias: dict[int, float] = field(default_factory=dict)
+    grammar: str | None = None  # GBNF with a `root` rule: only matching text can be sampled
 
 
 class Sampler:
-    """One llama_sampler chain: bias → penalties → top-k → top-p → min-p → temp → draw."""
+    """One llama_sampler chain: bias → grammar → penalties → top-k/p → min-p → temp → draw."""
 
-    def __init__(self, num_vocab: int, spec: SamplerSpec) -> None:
+    def __init__(self, model: LlamaModel, spec: SamplerSpec) -> None:
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self.ptr = llama_cpp.llama_sampler_chain_init(chain_params)
-        for smpl in self._stages(num_vocab, spec):
+        for smpl in self._stages(model, spec):
             llama_cpp.llama_sampler_chain_add(self.ptr, smpl)  # the chain owns and frees it
 
     @staticmethod
-    def _stages(num_vocab: int, spec: SamplerSpec) -> list[llama_cpp.llama_sampler_p]:
+    def _stages(model: LlamaModel, spec: SamplerSpec) -> list[llama_cpp.llama_sampler_p]:
+        num_vocab = model.num_vocab
         stages = []
         if spec.logit_bias:
             biases = (llama_cpp.llama_logit_bias * len(spec.logit_bias))()
@@ -47,6 +50,13 @@ class Sampler:
             stages.append(
                 llama_cpp.llama_sampler_init_logit_bias(num_vocab, len(spec.logit_bias), biases)
             )
+        if spec.grammar:
+            grammar = llama_cpp.llama_sampler_init_grammar(
+                model.vocab, spec.grammar.encode(), b"root"
+            )
+            if not grammar:
+                raise ValueError("llama.cpp rejected the grammar")
+            stages.append(grammar)
         if (spec.repetition_penalty, spec.frequency_penalty, spec.presence_penalty) != (1, 0, 0):
             stages.append(
                 llama_cpp.llama_sampler_init_penalties(

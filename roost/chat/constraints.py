@@ -1,0 +1,67 @@
+"""tool_choice → a grammar request for the engine: forced calls always parse and validate."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from roost.llama.grammar import literal, schema_rules
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A function the model may call: name, description and a JSON schema for its arguments."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+
+    def as_openai(self) -> dict[str, Any]:
+        function: dict[str, Any] = {"name": self.name, "parameters": self.parameters}
+        if self.description:
+            function["description"] = self.description
+        return {"type": "function", "function": function}
+
+
+@dataclass(frozen=True)
+class CallFormat:
+    """How a parser family writes calls: each call is prefix + JSON + suffix."""
+
+    prefix: str = ""
+    suffix: str = ""
+    separator: str = "\n"
+    open: str = ""
+    close: str = ""
+
+
+CALL_FORMATS: dict[str, CallFormat] = {
+    "hermes": CallFormat(prefix="<tool_call>\n", suffix="\n</tool_call>"),
+    "mistral": CallFormat(separator=", ", open="[TOOL_CALLS][", close="]"),
+    "llama3_json": CallFormat(separator="; "),
+    "json": CallFormat(),
+}
+
+
+def forced_call_grammar(tools: list[ToolSpec], parser_name: str, max_calls: int) -> str:
+    """GBNF accepting 1..max_calls well-formed calls of `tools`, arguments matching schemas."""
+    fmt = CALL_FORMATS[parser_name]
+    object_schemas = {t.name: _object_schema(t.parameters) for t in tools}
+    rules, names = schema_rules(object_schemas)
+    alternatives = []
+    for tool in tools:
+        head = literal(f'{fmt.prefix}{{"name": {json.dumps(tool.name)}, "arguments": ')
+        alternatives.append(f"{head} {names[tool.name]} {literal('}' + fmt.suffix)}")
+    call = " | ".join(f"({alt})" for alt in alternatives)
+    repeat = f"({literal(fmt.separator)} call){{0,{max_calls - 1}}}" if max_calls > 1 else ""
+    root = " ".join(p for p in (_opt(fmt.open), "call", repeat, _opt(fmt.close)) if p)
+    return f"root ::= {root}\ncall ::= {call}\n{rules}\n"
+
+
+def _opt(text: str) -> str:
+    return literal(text) if text else ""
+
+
+def _object_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    # arguments are always a JSON object, whatever the schema leaves open
+    return schema if schema.get("type") == "object" else {**schema, "type": "object"}

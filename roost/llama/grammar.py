@@ -1,0 +1,133 @@
+"""JSON schema → GBNF through llama-cpp-python's converter, and grammar validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import llama_cpp
+from llama_cpp.llama_grammar import SchemaConverter
+
+from roost.llama.model import LlamaModel
+
+
+class GrammarError(ValueError):
+    """A schema that cannot become a grammar, or a grammar llama.cpp rejects."""
+
+
+# Keywords the converter would silently drop: a grammar built from them would not guarantee
+# that the output validates, so such schemas are refused instead.
+_IGNORED = frozenset(
+    {
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "uniqueItems",
+        "minProperties",
+        "maxProperties",
+        "not",
+        "if",
+        "then",
+        "else",
+        "patternProperties",
+        "dependentRequired",
+        "dependentSchemas",
+        "contains",
+        "minContains",
+        "maxContains",
+        "propertyNames",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+    }
+)
+_FORMATS = frozenset({"date", "time", "date-time", "uuid"})
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
+MAX_ENUMERATED_RANGE = 256
+MAX_FREE_STRING = 256  # characters of a string whose schema sets no maxLength
+_BOUNDED_STRING = f'string ::= "\\"" char{{0,{MAX_FREE_STRING}}} "\\"" space'
+_JSON_CHAR = (
+    r'char ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] '
+    r"[0-9a-fA-F] [0-9a-fA-F])"
+)
+
+
+def enforceable(schema: Any, where: str = "") -> Any:
+    """The schema with small integer ranges as enums; GrammarError if any rule would be lost."""
+    if not isinstance(schema, dict):
+        return schema
+    schema = _integer_range_as_enum(schema)
+    lost = sorted(_IGNORED & schema.keys())
+    if schema.get("format") not in (None, *_FORMATS):
+        lost.append(f"format {schema['format']}")
+    if lost:
+        raise GrammarError(f"cannot enforce {', '.join(lost)} at '{where or '/'}'")
+    out = dict(schema)
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(schema.get(key), list):
+            out[key] = [enforceable(s, f"{where}/{key}/{i}") for i, s in enumerate(schema[key])]
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(schema.get(key), dict):
+            out[key] = {k: enforceable(s, f"{where}/{key}/{k}") for k, s in schema[key].items()}
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            out[key] = enforceable(schema[key], f"{where}/{key}")
+    return out
+
+
+def _integer_range_as_enum(schema: dict[str, Any]) -> dict[str, Any]:
+    if schema.get("type") != "integer":
+        return schema
+    low = schema.get("minimum", schema.get("exclusiveMinimum"))
+    high = schema.get("maximum", schema.get("exclusiveMaximum"))
+    if not isinstance(low, int) or not isinstance(high, int):
+        return schema
+    low += "exclusiveMinimum" in schema and "minimum" not in schema
+    high -= "exclusiveMaximum" in schema and "maximum" not in schema
+    if high - low >= MAX_ENUMERATED_RANGE:
+        return schema
+    bounds = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "type"}
+    rest = {k: v for k, v in schema.items() if k not in bounds}
+    return {**rest, "enum": list(range(low, high + 1))}
+
+
+def schema_rules(schemas: dict[str, dict[str, Any]]) -> tuple[str, dict[str, str]]:
+    """GBNF rules for several JSON schemas in one namespace: (rules text, key → rule name)."""
+    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    names: dict[str, str] = {}
+    try:
+        for i, (key, schema) in enumerate(schemas.items()):
+            resolved = converter.resolve_refs(enforceable(schema), f"schema-{i}")
+            names[key] = converter.visit(resolved, f"schema{i}")
+    except GrammarError:
+        raise
+    except Exception as exc:  # the converter raises many kinds for unsupported schemas
+        raise GrammarError(f"unsupported JSON schema: {exc}") from exc
+    return _strict_strings(converter.format_grammar()), names
+
+
+def _strict_strings(rules: str) -> str:
+    # this converter's `char` admits raw control characters, which JSON forbids in strings;
+    # and an unbounded string lets a small model ramble until max_tokens cuts the JSON short
+    replacements = {"char ::= ": _JSON_CHAR, "string ::= ": _BOUNDED_STRING}
+    lines = rules.split("\n")
+    for i, line in enumerate(lines):
+        for head, rule in replacements.items():
+            if line.startswith(head):
+                lines[i] = rule
+    return "\n".join(lines)
+
+
+def literal(text: str) -> str:
+    """A GBNF string literal."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def check_grammar(model: LlamaModel, grammar: str) -> None:
+    """Raise GrammarError unless llama.cpp accepts the grammar (it returns NULL on errors)."""
+    smpl = llama_cpp.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+    if not smpl:
+        raise GrammarError("the generated grammar was rejected by llama.cpp")
+    llama_cpp.llama_sampler_free(smpl)

@@ -1,0 +1,1 @@
+"""Example server-side tools. Add your own: any importable `module:function` works."""

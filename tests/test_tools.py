@@ -1,0 +1,341 @@
+"""Tool calling end to end through the openai client, with the embedded 135M model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jsonschema
+import openai
+import pytest
+
+from tests.conftest import MODEL, Server, start_server
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                "days": {"type": "integer", "minimum": 1, "maximum": 7},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "Current time in a time zone",
+        "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}},
+    },
+}
+ASK = [{"role": "user", "content": "What's the weather like in Paris today?"}]
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, TIME)}
+
+
+def _check_calls(message: object) -> list[tuple[str, dict]]:
+    calls = message.tool_calls  # type: ignore[attr-defined]
+    assert calls, message
+    out = []
+    for call in calls:
+        assert call.type == "function" and call.id.startswith("call_")
+        arguments = json.loads(call.function.arguments)
+        jsonschema.validate(arguments, SCHEMAS[call.function.name])
+        out.append((call.function.name, arguments))
+    return out
+
+
+def test_required_calls_always_validate(client: openai.OpenAI) -> None:
+    for seed in range(10):
+        reply = client.chat.completions.create(
+            model=MODEL,
+            messages=ASK,
+            tools=[WEATHER, TIME],
+            tool_choice="required",
+            temperature=1.0,
+            seed=seed,
+            max_tokens=200,
+        )
+        choice = reply.choices[0]
+        assert choice.finish_reason == "tool_calls", choice
+        _check_calls(choice.message)
+        assert "<tool_call>" not in (choice.message.content or "")
+
+
+def test_named_choice_calls_that_function(client: openai.OpenAI) -> None:
+    for seed in range(6):
+        reply = client.chat.completions.create(
+            model=MODEL,
+            messages=ASK,
+            tools=[WEATHER, TIME],
+            temperature=1.0,
+            seed=seed,
+            tool_choice={"type": "function", "function": {"name": "get_time"}},
+            max_tokens=200,
+        )
+        calls = _check_calls(reply.choices[0].message)
+        assert {name for name, _ in calls} == {"get_time"}
+
+
+def test_parallel_tool_calls_false_gives_one_call(client: openai.OpenAI) -> None:
+    for seed in range(4):
+        reply = client.chat.completions.create(
+            model=MODEL,
+            messages=ASK,
+            tools=[WEATHER, TIME],
+            tool_choice="required",
+            parallel_tool_calls=False,
+            temperature=1.0,
+            seed=seed,
+            max_tokens=200,
+        )
+        assert len(_check_calls(reply.choices[0].message)) == 1
+
+
+def test_streamed_tool_calls_reassemble(client: openai.OpenAI) -> None:
+    args = {
+        "model": MODEL,
+        "messages": ASK,
+        "tools": [WEATHER, TIME],
+        "tool_choice": "required",
+        "temperature": 0,
+        "max_tokens": 200,
+    }
+    whole = client.chat.completions.create(**args)
+    calls: dict[int, dict[str, str]] = {}
+    finish = None
+    for chunk in client.chat.completions.create(**args, stream=True):
+        delta = chunk.choices[0].delta
+        assert not delta.content or "<tool_call>" not in delta.content
+        for fragment in delta.tool_calls or []:
+            if fragment.id:  # the first fragment names the call
+                assert fragment.type == "function" and fragment.function.arguments == ""
+                calls[fragment.index] = {"name": fragment.function.name, "arguments": ""}
+            calls[fragment.index]["arguments"] += fragment.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls"
+    expected = [
+        {"name": c.function.name, "arguments": c.function.arguments}
+        for c in whole.choices[0].message.tool_calls or []
+    ]
+    assert [calls[i] for i in sorted(calls)] == expected
+
+
+def test_round_trip_with_tool_results(client: openai.OpenAI) -> None:
+    first = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,
+        tools=[WEATHER],
+        tool_choice="required",
+        max_tokens=200,
+        temperature=0,
+    )
+    message = first.choices[0].message
+    history = [
+        *ASK,
+        message.model_dump(exclude_none=True),
+        *(
+            {"role": "tool", "tool_call_id": call.id, "content": "18 degrees and sunny"}
+            for call in message.tool_calls or []
+        ),
+    ]
+    reply = client.chat.completions.create(
+        model=MODEL, messages=history, tools=[WEATHER], max_tokens=30, temperature=0
+    )
+    assert reply.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    assert reply.usage is not None and reply.usage.prompt_tokens > first.usage.prompt_tokens  # type: ignore[union-attr]
+
+
+def test_tool_choice_none_offers_no_tools(client: openai.OpenAI) -> None:
+    plain = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=5)
+    none = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=[WEATHER], tool_choice="none", max_tokens=5
+    )
+    assert none.usage.prompt_tokens == plain.usage.prompt_tokens  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}]},
+            "tools[0].function.parameters",
+        ),
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "tool_choice",
+        ),
+        ({"tool_choice": "required"}, "tool_choice"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "bad name!"}}]},
+            "tools[0].function.name",
+        ),
+        (
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "f",
+                            "parameters": {
+                                "type": "object",
+                                "properties": {"x": {"type": "number", "minimum": 0}},
+                            },
+                        },
+                    }
+                ],
+                "tool_choice": "required",
+            },
+            "tools",
+        ),
+        (
+            {"messages": [*ASK, {"role": "tool", "tool_call_id": "call_x", "content": "1"}]},
+            "messages[1].tool_call_id",
+        ),
+    ],
+)
+def test_bad_tool_input_is_400(server: Server, change: dict, param: str) -> None:
+    body = {"model": MODEL, "messages": ASK, "max_tokens": 5, **change}
+    with server.http() as http:
+        resp = http.post("/v1/chat/completions", json=body)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == param
+
+
+@pytest.fixture(scope="module")
+def tool_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    config = Path(tmp_path_factory.mktemp("cfg")) / "roost.yaml"
+    config.write_text(
+        "tool_timeout: 0.5\n"
+        "tools:\n"
+        "  - roost.tools.examples:calculator\n"
+        "  - roost.tools.examples:current_time\n"
+        "  - tests.fake_tools:explode\n"
+        "  - tests.fake_tools:sleepy\n"
+    )
+    yield from start_server("--parallel", "2", "--ctx-size", "4096", "--config", str(config))
+
+
+def test_server_tools_listed_in_health(tool_server: Server) -> None:
+    body = httpx.get(f"{tool_server.base_url}/health").json()
+    assert body["tools_loaded"] == ["calculator", "current_time", "explode", "sleepy"]
+
+
+def _forced(name: str) -> dict:
+    return {"type": "function", "function": {"name": name}}
+
+
+def test_server_tool_runs_and_model_answers(tool_server: Server) -> None:
+    with tool_server.http() as http:
+        body = http.post(
+            "/v1/chat/completions",
+            json={
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "What is 12*7?"}],
+                "tool_choice": _forced("calculator"),
+                "max_tokens": 150,
+                "temperature": 0,
+            },
+        ).json()
+    executed = body["server_tool_calls"]
+    assert executed and executed[0]["name"] == "calculator"
+    arguments = json.loads(executed[0]["arguments"])
+    assert isinstance(arguments["expression"], str)
+    assert executed[0]["result"]  # a number, or the calculator's own error text
+    choice = body["choices"][0]
+    assert choice["finish_reason"] in ("stop", "length")
+    assert choice["message"].get("tool_calls") is None
+    assert body["usage"]["prompt_tokens"] > 0
+
+
+def test_server_tool_streaming_shows_only_the_answer(tool_server: Server) -> None:
+    client = tool_server.client()
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "What time is it?"}],
+            tool_choice=_forced("current_time"),
+            max_tokens=150,
+            temperature=0,
+            stream=True,
+        )
+    )
+    assert all(not c.choices[0].delta.tool_calls for c in chunks if c.choices)
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize(
+    ("tool", "expected"), [("explode", "error: RuntimeError"), ("sleepy", "timed out")]
+)
+def test_failing_server_tool_reports_to_the_model(
+    tool_server: Server, tool: str, expected: str
+) -> None:
+    with tool_server.http() as http:
+        resp = http.post(
+            "/v1/chat/completions",
+            json={
+                "model": MODEL,
+                "messages": ASK,
+                "tool_choice": _forced(tool),
+                "max_tokens": 150,
+                "temperature": 0,
+            },
+        )
+    assert resp.status_code == 200
+    assert expected in resp.json()["server_tool_calls"][0]["result"]
+
+
+NATIVE_TEMPLATE = """{%- if tools %}<|im_start|>system
+Tools:{% for tool in tools %}
+{{ tool | tojson }}{% endfor %}
+Answer with <tool_call>{"name": ..., "arguments": ...}</tool_call><|im_end|>
+{% endif %}
+{%- for message in messages %}<|im_start|>{{ message.role }}
+{% if message.tool_calls %}{% for call in message.tool_calls %}<tool_call>
+{{ {"name": call.function.name, "arguments": call.function.arguments} | tojson }}
+</tool_call>{% endfor %}{% else %}{{ message.content }}{% endif %}<|im_end|>
+{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+
+
+@pytest.fixture(scope="module")
+def native_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    import yaml
+
+    config = Path(tmp_path_factory.mktemp("cfg")) / "roost.yaml"
+    config.write_text(
+        yaml.safe_dump({"models": [{"name": "native", "chat_template": NATIVE_TEMPLATE}]})
+    )
+    yield from start_server("--parallel", "1", "--ctx-size", "2048", "--config", str(config))
+
+
+def test_tool_aware_template_receives_tools(native_server: Server) -> None:
+    client = native_server.client()
+    plain = client.chat.completions.create(model="native", messages=ASK, max_tokens=1)
+    offered = client.chat.completions.create(
+        model="native",
+        messages=ASK,
+        tools=[WEATHER],
+        tool_choice="required",
+        max_tokens=200,
+        temperature=0,
+    )
+    assert offered.usage.prompt_tokens > plain.usage.prompt_tokens + 20  # type: ignore[union-attr]
+    calls = _check_calls(offered.choices[0].message)
+    history = [*ASK, offered.choices[0].message.model_dump(exclude_none=True)]
+    history += [
+        {"role": "tool", "tool_call_id": c.id, "content": "sunny"}
+        for c in offered.choices[0].message.tool_calls or []
+    ]
+    again = client.chat.completions.create(model="native", messages=history, max_tokens=5)
+    assert again.choices[0].finish_reason in ("stop", "length")
+    assert calls[0][0] == "get_weather"
