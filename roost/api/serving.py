@@ -13,7 +13,13 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from roost.api.errors import ClientDisconnected, EngineFailure, ServiceUnavailable, error_body
+from roost.api.errors import (
+    APIError,
+    ClientDisconnected,
+    EngineFailure,
+    ServiceUnavailable,
+    error_body,
+)
 from roost.api.protocol import Usage
 from roost.api.registry import ServedModel
 from roost.engine.client import QueueFull, RequestStream
@@ -131,7 +137,7 @@ def stream_response(
         try:
             async for frame in frames():
                 yield frame
-        except EngineFailure as exc:
+        except APIError as exc:  # e.g. a later tool round no longer fits the context
             yield sse(exc.body())
             yield DONE
         except Exception:  # the status line is sent: report in-band, never a traceback

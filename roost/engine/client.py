@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import weakref
 
 from roost.config import EngineConfig
 from roost.engine.engine import Engine
@@ -65,13 +66,14 @@ class RequestStream:
         self._client = client
         self.request_id = request_id
         self._events = events
-        self._is_open = True
+        # a stream dropped unread (e.g. a response body never started) still frees its request
+        self._release = weakref.finalize(self, client._done, request_id, False)
 
     def __aiter__(self) -> RequestStream:
         return self
 
     async def __anext__(self) -> Event:
-        if not self._is_open:
+        if not self._release.alive:
             raise StopAsyncIteration
         event = await self._events.get()
         if event.finish_reason is not None:
@@ -82,8 +84,7 @@ class RequestStream:
         self._close(is_finished=False)
 
     def _close(self, is_finished: bool) -> None:
-        if self._is_open:
-            self._is_open = False
+        if self._release.detach() is not None:
             self._client._done(self.request_id, is_finished)
 
 

@@ -97,13 +97,19 @@ class Engine:
             while True:
                 if item is _STOP:
                     return False
-                if isinstance(item, _Abort):
-                    self._abort(item.request_id)
-                elif isinstance(item, Sequence):
-                    self._admit(item)
+                self._apply(item)
                 item = self._inbox.get_nowait()
         except queue.Empty:
             return True
+
+    def _apply(self, item: object) -> None:
+        try:
+            if isinstance(item, _Abort):
+                self._abort(item.request_id)
+            elif isinstance(item, Sequence):
+                self._admit(item)
+        except Exception:  # one bad message must not end the engine thread
+            log.exception("engine could not apply %r", item)
 
     def _admit(self, seq: Sequence) -> None:
         # penalties cover every generated token: the window is the whole context

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from roost.engine.params import SamplingParams
+from roost.engine.prefix_cache import Slot
 from roost.llama.sampler import Sampler
 
 
@@ -88,7 +89,7 @@ class Sequence:
         self.num_prompt = len(prompt)
         self.max_total = max_total  # prompt + output may not exceed this (the context size)
         self.status = SeqStatus.WAITING
-        self.seq_id: int | None = None
+        self.slot: Slot | None = None  # the sequence id it holds while admitted
         self.num_computed = 0  # tokens of `tokens` already in the KV cache
         self.num_cached = 0  # prompt tokens reused from the prefix cache at first admission
         self.is_admitted_once = False

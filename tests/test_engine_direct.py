@@ -1,0 +1,34 @@
+"""The engine driven directly (no HTTP): request lifecycle guarantees."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+from roost.config import load_settings
+from roost.engine.client import EngineClient
+from roost.engine.params import SamplingParams
+from roost.llama.sampler import SamplerSpec
+
+
+async def _scenario() -> tuple[int, int, list[int]]:
+    config = load_settings(None, parallel=1, ctx_size=512, threads=2).resolved_models()[0]
+    client = await asyncio.to_thread(EngineClient, config, asyncio.get_running_loop())
+    try:
+        params = SamplingParams(max_tokens=300, sampler=SamplerSpec(temperature=0))
+        prompt = client.model.tokenize("Once upon a time")
+        client.submit(prompt, params)  # dropped unread, like a response body never started
+        gc.collect()
+        after_drop = client.num_in_flight
+        # the only sequence must be free again: a new request gets it and completes
+        short = SamplingParams(max_tokens=5, sampler=SamplerSpec(temperature=0))
+        events = [event async for event in client.submit(prompt, short)]
+        return after_drop, client.num_in_flight, [len(e.token_ids) for e in events]
+    finally:
+        await asyncio.to_thread(client.close)
+
+
+def test_dropped_stream_frees_its_request() -> None:
+    after_drop, after_next, token_counts = asyncio.run(_scenario())
+    assert after_drop == 0 and after_next == 0
+    assert sum(token_counts) <= 5
