@@ -32,3 +32,24 @@ def test_dropped_stream_frees_its_request() -> None:
     after_drop, after_next, token_counts = asyncio.run(_scenario())
     assert after_drop == 0 and after_next == 0
     assert sum(token_counts) <= 5
+
+
+async def _failure_scenario() -> tuple[list[str | None], int]:
+    config = load_settings(None, parallel=1, ctx_size=512, threads=2).resolved_models()[0]
+    client = await asyncio.to_thread(EngineClient, config, asyncio.get_running_loop())
+    try:
+        prompt = client.model.tokenize("Hello")
+        broken = SamplingParams(max_tokens=5, sampler=SamplerSpec(grammar="root ::= ( unclosed"))
+        failed = [event async for event in client.submit(prompt, broken)]
+        fine = SamplingParams(max_tokens=4, sampler=SamplerSpec(temperature=0))
+        served = [event async for event in client.submit(prompt, fine)]
+        return [e.error for e in failed], sum(len(e.token_ids) for e in served)
+    finally:
+        await asyncio.to_thread(client.close)
+
+
+def test_a_failing_request_does_not_stop_the_engine() -> None:
+    # llama.cpp really rejects this grammar: the request fails cleanly, the next one is served
+    errors, num_served = asyncio.run(_failure_scenario())
+    assert len(errors) == 1 and errors[0]
+    assert num_served == 4

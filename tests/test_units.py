@@ -123,3 +123,15 @@ def test_grammar_schemas_keep_every_rule_or_refuse() -> None:
     ):
         with pytest.raises(GrammarError):
             enforceable(lost)
+
+
+def test_engine_error_event_becomes_a_clean_500() -> None:
+    from roost.api.errors import EngineFailure
+    from roost.api.serving import check_event
+    from roost.engine.sequence import Event, FinishReason
+
+    with pytest.raises(EngineFailure) as info:
+        check_event(Event(finish_reason=FinishReason.ERROR, error="decode failed"))
+    assert info.value.status == 500
+    assert info.value.body()["error"]["type"] == "server_error"
+    assert info.value.body()["error"]["code"] == "engine_error"

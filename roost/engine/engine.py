@@ -48,9 +48,8 @@ class Engine:
             ),
         )
         self.num_ctx = self.ctx.num_ctx  # KV cells in all
-        per_sequence = self.num_ctx if config.kv_unified else self.num_ctx // config.parallel
         # positions past the training context degrade the model: never go there
-        self.max_seq_len = min(per_sequence, self.model.num_ctx_train)
+        self.max_seq_len = min(self.ctx.num_ctx_seq, self.model.num_ctx_train)
         self.slots = SlotTable(config.parallel)
         self.scheduler = Scheduler(self.slots, self.num_ctx, self.num_batch)
         self.runner = Runner(self.ctx, self.num_batch)
@@ -80,8 +79,9 @@ class Engine:
 
     def _loop(self) -> None:
         while self._drain_inbox(block=not self.scheduler.has_work()):
-            plan = self.scheduler.schedule()
+            plan = Plan()
             try:
+                plan = self.scheduler.schedule()
                 self._step(plan)
             except KVCacheFull:
                 log.warning("KV cache full for a batch of %d chunks; retrying", len(plan.chunks))
@@ -117,9 +117,7 @@ class Engine:
         try:
             seq.sampler = Sampler(self.model, spec)
         except Exception as exc:  # a bad sampler fails its request, never the engine
-            event = seq.finish(FinishReason.ERROR, [])
-            event.error = str(exc)
-            self._sink([(seq, event)])
+            self._sink([(seq, seq.finish(FinishReason.ERROR, [], error=str(exc)))])
             return
         self.scheduler.add(seq)
 
@@ -159,8 +157,7 @@ class Engine:
                 seq.num_computed, seq.status = 0, SeqStatus.WAITING
                 self.scheduler.waiting.appendleft(seq)
                 continue
-            events.append((seq, seq.finish(FinishReason.ERROR, [])))
-            events[-1][1].error = error
+            events.append((seq, seq.finish(FinishReason.ERROR, [], error=error)))
             self._release(seq)
         if events:
             self._sink(events)

@@ -122,7 +122,13 @@ class Sequence:
         return Event(text=text, token_ids=[token])
 
     def finish(
-        self, reason: FinishReason, token_ids: list[int], text: str = "", *, by_string: bool = False
+        self,
+        reason: FinishReason,
+        token_ids: list[int],
+        text: str = "",
+        *,
+        by_string: bool = False,
+        error: str | None = None,
     ) -> Event:
         """End the sequence. Held-back text is real output unless a stop string matched."""
         if reason in (FinishReason.STOP, FinishReason.LENGTH) and not by_string:
@@ -136,4 +142,5 @@ class Sequence:
             num_prompt_tokens=self.num_prompt,
             num_cached_tokens=self.num_cached,
             num_output_tokens=self.num_output,
+            error=error,
         )

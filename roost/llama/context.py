@@ -52,6 +52,8 @@ class LlamaContext:
         self.model = model
         self.params = params
         self.num_ctx: int = llama_cpp.llama_n_ctx(ctx)
+        # cells one sequence may use: all of them when unified, its padded share when split
+        self.num_ctx_seq: int = llama_cpp.llama_n_ctx_seq(ctx)
         self.memory = llama_cpp.llama_get_memory(ctx)
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import llama_cpp
@@ -36,52 +37,50 @@ class Sampler:
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self.ptr = llama_cpp.llama_sampler_chain_init(chain_params)
-        for smpl in self._stages(model, spec):
-            llama_cpp.llama_sampler_chain_add(self.ptr, smpl)  # the chain owns and frees it
+        try:
+            for smpl in self._stages(model, spec):
+                llama_cpp.llama_sampler_chain_add(self.ptr, smpl)  # the chain owns and frees it
+        except Exception:
+            self.close()  # frees the stages added so far
+            raise
 
     @staticmethod
-    def _stages(model: LlamaModel, spec: SamplerSpec) -> list[llama_cpp.llama_sampler_p]:
+    def _stages(model: LlamaModel, spec: SamplerSpec) -> Iterator[llama_cpp.llama_sampler_p]:
         num_vocab = model.num_vocab
-        stages = []
         if spec.logit_bias:
             biases = (llama_cpp.llama_logit_bias * len(spec.logit_bias))()
             for slot, (token, bias) in zip(biases, spec.logit_bias.items(), strict=True):
                 slot.token, slot.bias = token, bias
-            stages.append(
-                llama_cpp.llama_sampler_init_logit_bias(num_vocab, len(spec.logit_bias), biases)
-            )
+            yield llama_cpp.llama_sampler_init_logit_bias(num_vocab, len(spec.logit_bias), biases)
         if spec.grammar:
             grammar = llama_cpp.llama_sampler_init_grammar(
                 model.vocab, spec.grammar.encode(), b"root"
             )
             if not grammar:
                 raise ValueError("llama.cpp rejected the grammar")
-            stages.append(grammar)
+            yield grammar
         if (spec.repetition_penalty, spec.frequency_penalty, spec.presence_penalty) != (1, 0, 0):
-            stages.append(
-                llama_cpp.llama_sampler_init_penalties(
-                    num_vocab,
-                    spec.penalty_last_n,
-                    spec.repetition_penalty,
-                    spec.frequency_penalty,
-                    spec.presence_penalty,
-                )
+            yield llama_cpp.llama_sampler_init_penalties(
+                num_vocab,
+                spec.penalty_last_n,
+                spec.repetition_penalty,
+                spec.frequency_penalty,
+                spec.presence_penalty,
             )
         if spec.temperature <= 0:
-            stages.append(llama_cpp.llama_sampler_init_greedy())
-            return stages
+            yield llama_cpp.llama_sampler_init_greedy()
+            return
         if spec.top_k > 0:
-            stages.append(llama_cpp.llama_sampler_init_top_k(spec.top_k))
+            yield llama_cpp.llama_sampler_init_top_k(spec.top_k)
         if spec.top_p < 1.0:
-            stages.append(llama_cpp.llama_sampler_init_top_p(spec.top_p, 1))
+            yield llama_cpp.llama_sampler_init_top_p(spec.top_p, 1)
         if spec.min_p > 0.0:
-            stages.append(llama_cpp.llama_sampler_init_min_p(spec.min_p, 1))
-        stages.append(llama_cpp.llama_sampler_init_temp(spec.temperature))
+            yield llama_cpp.llama_sampler_init_min_p(spec.min_p, 1)
+        yield llama_cpp.llama_sampler_init_temp(spec.temperature)
         seed = RANDOM_SEED if spec.seed is None else spec.seed & 0xFFFFFFFF
         if seed == RANDOM_SEED and spec.seed is not None:
             seed = RANDOM_SEED - 1  # an explicit seed must never mean "random"
-        stages.append(llama_cpp.llama_sampler_init_dist(seed))
-        return stages
+        yield llama_cpp.llama_sampler_init_dist(seed)
 
     def sample(self, ctx: LlamaContext, batch_index: int) -> int:
         """Sample from the logits of `batch_index` and record the token (penalties need it)."""

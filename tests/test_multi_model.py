@@ -1,0 +1,35 @@
+"""A config listing several models: one engine each, `model` picks one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Server, start_server
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    config = Path(tmp_path_factory.mktemp("cfg")) / "roost.yaml"
+    config.write_text(
+        "ctx_size: 512\nmodels:\n  - {name: small-a, parallel: 1}\n  - {name: small-b}\n"
+    )
+    yield from start_server("--config", str(config))
+
+
+def test_each_configured_model_is_served(two_models: Server) -> None:
+    client = two_models.client()
+    assert sorted(m.id for m in client.models.list().data) == ["small-a", "small-b"]
+    for name in ("small-a", "small-b"):
+        reply = client.completions.create(model=name, prompt="Hello", max_tokens=3)
+        assert reply.model == name and reply.usage is not None
+    # parallel comes from the model entry (1 → 512 tokens per request) or the server default
+    # (4 → llama.cpp pads each share to 256)
+    with two_models.http() as http:
+        body = {"prompt": "Hello", "max_tokens": 300}
+        assert http.post("/v1/completions", json={**body, "model": "small-a"}).status_code == 200
+        too_long = http.post("/v1/completions", json={**body, "model": "small-b"})
+    assert too_long.status_code == 400
+    assert too_long.json()["error"]["code"] == "context_length_exceeded"
