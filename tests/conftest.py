@@ -15,6 +15,9 @@ import httpx
 import openai
 import pytest
 
+from roost.config import embedded_model_path
+from roost.llama.model import LlamaModel
+
 MODEL = "smollm2-135m-instruct"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,13 +98,14 @@ def client(server: Server) -> openai.OpenAI:
 
 
 @pytest.fixture(scope="session")
-def eog_bias() -> dict[str, int]:
-    """logit_bias that bans the model's end tokens, so a request runs to max_tokens."""
-    from roost.config import embedded_model_path
-    from roost.llama.model import LlamaModel
-
+def local_model() -> Iterator[LlamaModel]:
+    """The embedded model's vocabulary, loaded in the test process to compute expectations."""
     model = LlamaModel(embedded_model_path())
-    try:
-        return {str(t): -100 for t in range(model.num_vocab) if model.is_eog(t)}
-    finally:
-        model.close()
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="session")
+def eog_bias(local_model: LlamaModel) -> dict[str, int]:
+    """logit_bias that bans the model's end tokens, so a request runs to max_tokens."""
+    return {str(t): -100 for t in range(local_model.num_vocab) if local_model.is_eog(t)}

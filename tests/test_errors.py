@@ -128,3 +128,23 @@ def test_api_key_required_on_v1(keyed_server: Server) -> None:
     assert missing.json()["error"]["code"] == "invalid_api_key"
     assert httpx.get(f"{base}/v1/models", headers={"Authorization": "Bearer"}).status_code == 401
     assert httpx.get(f"{base}/health").status_code == 200  # public
+
+
+def test_health_is_503_loading_until_models_are_ready() -> None:
+    from fastapi.testclient import TestClient
+
+    from roost.api.app import create_app
+    from roost.config import load_settings
+
+    # without entering the client's context the lifespan never runs: models stay "loading"
+    client = TestClient(create_app(load_settings(None, api_key="k")))
+    health = client.get("/health")
+    assert health.status_code == 503
+    assert health.json()["status"] == "loading"
+    busy = client.post(
+        "/v1/chat/completions",
+        json={"model": MODEL, "messages": HELLO},
+        headers={"Authorization": "Bearer k"},
+    )
+    assert busy.status_code == 503
+    assert busy.json()["error"]["code"] == "model_loading"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import openai
 
-from tests.conftest import MODEL, Server
+from roost.llama.model import LlamaModel
+from tests.conftest import MODEL
 
 STORY = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
 
@@ -49,22 +50,21 @@ def test_top_k_one_is_greedy(client: openai.OpenAI) -> None:
     assert top1 == greedy
 
 
-def test_logit_bias_forces_a_token(client: openai.OpenAI, server: Server) -> None:
+def test_logit_bias_forces_a_token(client: openai.OpenAI, local_model: LlamaModel) -> None:
+    token = local_model.tokenize(" robot", add_special=False)[0]
     out = client.completions.create(
-        model=MODEL, prompt="Hello", max_tokens=4, logit_bias={"28": 100}, temperature=0.8
+        model=MODEL, prompt="Hello", max_tokens=4, logit_bias={str(token): 100}, temperature=0.8
     )
-    ids = [28] * 4
-    expected = client.completions.create(model=MODEL, prompt=ids, max_tokens=1)  # warm, same vocab
-    assert expected.usage is not None
-    assert len(out.choices[0].text) > 0
+    assert out.choices[0].text == local_model.detokenize([token] * 4)
     assert out.usage is not None and out.usage.completion_tokens == 4
-    # token 28 repeated four times is what came back
-    with server.http() as http:
-        again = http.post(
-            "/v1/completions",
-            json={"model": MODEL, "prompt": "Hi", "max_tokens": 4, "logit_bias": {"28": 100}},
-        ).json()
-    assert again["choices"][0]["text"] == out.choices[0].text
+    banned = client.completions.create(
+        model=MODEL,
+        prompt="I built a",
+        max_tokens=8,
+        temperature=0,
+        logit_bias={str(token): -100},
+    )
+    assert " robot" not in banned.choices[0].text
 
 
 def test_penalties_change_greedy_output(client: openai.OpenAI) -> None:
