@@ -14,3 +14,15 @@ def sleepy(seconds: float = 5.0) -> str:
     """Sleeps longer than the test server's tool timeout."""
     time.sleep(seconds)
     return "woke up"
+
+
+def with_schema(**kwargs: object) -> str:
+    """Described by an explicit schema rather than its signature."""
+    return str(kwargs)
+
+
+with_schema.tool_schema = {  # type: ignore[attr-defined]
+    "type": "object",
+    "properties": {"color": {"type": "string", "enum": ["red", "blue"]}},
+    "required": ["color"],
+}

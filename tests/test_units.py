@@ -135,3 +135,26 @@ def test_engine_error_event_becomes_a_clean_500() -> None:
     assert info.value.status == 500
     assert info.value.body()["error"]["type"] == "server_error"
     assert info.value.body()["error"]["code"] == "engine_error"
+
+
+def test_server_tool_schemas_and_safe_calculator() -> None:
+    import asyncio
+
+    from roost.chat.server_tools import ToolLoadError, load_server_tool, run_server_tool
+
+    calc = load_server_tool("roost.tools.examples:calculator")
+    assert calc.spec.parameters["required"] == ["expression"]
+    assert calc.spec.description and calc.spec.description.startswith("Evaluate")
+    explicit = load_server_tool("tests.fake_tools:with_schema")
+    assert explicit.spec.parameters["properties"]["color"]["enum"] == ["red", "blue"]
+    with pytest.raises(ToolLoadError):
+        load_server_tool("roost.tools.examples:missing")
+
+    def run(arguments: str) -> str:
+        return asyncio.run(run_server_tool(calc, arguments, timeout=5))
+
+    assert run('{"expression": "2 * (3 + 4) ** 2 / 7"}') == "14"
+    assert run('{"expression": "sqrt(16) + pi - pi"}') == "4"
+    for hostile in ('__import__(\\"os\\").system(\\"true\\")', "(1).__class__", "9 ** 99999"):
+        assert run(f'{{"expression": "{hostile}"}}').startswith("error:")
+    assert run('{"wrong": 1}').startswith("error:")  # arguments are validated
