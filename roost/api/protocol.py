@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -10,7 +11,7 @@ from jsonschema import Draft202012Validator, SchemaError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 from roost.api.errors import InvalidRequest
-from roost.chat.constraints import ToolSpec
+from roost.chat.constraints import ConstraintKind, ToolSpec
 from roost.engine.params import SamplingParams
 from roost.llama.sampler import SamplerSpec
 
@@ -49,6 +50,11 @@ class SamplingRequest(Request):
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     n: int = Field(default=1, ge=1, le=128)
+    # vLLM's structured-output extras
+    guided_json: dict[str, Any] | str | None = None
+    guided_choice: list[str] | None = Field(default=None, min_length=1)
+    guided_regex: str | None = None
+    guided_grammar: str | None = None
 
     @field_validator("stop")
     @classmethod
@@ -62,7 +68,27 @@ class SamplingRequest(Request):
 
     def unsupported(self) -> dict[str, bool]:
         """Fields a later release will honour; accepting them silently would mislead."""
-        return {"n": self.n != 1}
+        return {"n": self.n != 1, "guided_grammar": self.guided_grammar is not None}
+
+    def output_constraint(self) -> tuple[ConstraintKind, Any, str] | None:
+        """At most one of the constraint fields: (kind, value, the field's name)."""
+        found = [c for c in self._constraints() if c[1] is not None]
+        if len(found) > 1:
+            names = ", ".join(c[2] for c in found)
+            raise InvalidRequest(f"only one output constraint at a time ({names})", found[1][2])
+        if not found:
+            return None
+        kind, value, param = found[0]
+        if kind is ConstraintKind.JSON_SCHEMA:
+            value = _checked_schema(value, param)
+        return kind, value, param
+
+    def _constraints(self) -> list[tuple[ConstraintKind, Any, str]]:
+        return [
+            (ConstraintKind.JSON_SCHEMA, self.guided_json, "guided_json"),
+            (ConstraintKind.CHOICE, self.guided_choice, "guided_choice"),
+            (ConstraintKind.REGEX, self.guided_regex, "guided_regex"),
+        ]
 
     def check_supported(self) -> None:
         for name, is_set in self.unsupported().items():
@@ -144,8 +170,31 @@ class ChatMessage(Request):
         return "".join(pieces)
 
 
+def _checked_schema(value: Any, param: str) -> dict[str, Any]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise InvalidRequest("the JSON schema is not valid JSON", param=param) from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("a JSON schema must be an object", param=param)
+    try:
+        Draft202012Validator.check_schema(value)
+    except SchemaError as exc:
+        raise InvalidRequest(f"invalid JSON schema: {exc.message}", param=param) from None
+    return value
+
+
+class JsonSchemaFormat(Request):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(Request):
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class FunctionDefinition(Request):
@@ -187,9 +236,18 @@ class ChatCompletionRequest(SamplingRequest):
             **super().unsupported(),
             "logprobs": self.logprobs,
             "top_logprobs": self.top_logprobs is not None,
-            "response_format": self.response_format is not None
-            and self.response_format.type != "text",
         }
+
+    def _constraints(self) -> list[tuple[ConstraintKind, Any, str]]:
+        fmt, found = self.response_format, super()._constraints()
+        if fmt is None or fmt.type == "text":
+            return found
+        if fmt.type == "json_object":
+            return [(ConstraintKind.JSON_OBJECT, True, "response_format"), *found]
+        if fmt.json_schema is None:
+            raise InvalidRequest("json_schema is required", param="response_format.json_schema")
+        schema = fmt.json_schema.schema_
+        return [(ConstraintKind.JSON_SCHEMA, schema, "response_format.json_schema.schema"), *found]
 
     def tool_specs(self) -> list[ToolSpec]:
         """The client's tools, each schema checked (an invalid one is a 400 naming it)."""

@@ -14,9 +14,11 @@ from roost.api.errors import (
     ModelNotFound,
     ServiceUnavailable,
 )
+from roost.chat.constraints import ConstraintKind, output_grammar
 from roost.chat.template import ChatTemplate, TemplateError
 from roost.config import EngineConfig
 from roost.engine.client import EngineClient
+from roost.llama.grammar import GrammarError, check_grammar
 
 log = logging.getLogger("roost.api")
 
@@ -51,6 +53,18 @@ class ServedModel:
 
     def text_tokens(self, text: str) -> list[int]:
         return self.client.model.tokenize(text, add_special=True, parse_special=True)
+
+    def output_grammar(self, constraint: tuple[ConstraintKind, Any, str] | None) -> str | None:
+        """The grammar for a request's output constraint, checked by llama.cpp (400 if not)."""
+        if constraint is None:
+            return None
+        kind, value, param = constraint
+        try:
+            grammar = output_grammar(kind, value)
+            check_grammar(self.client.model, grammar)
+        except GrammarError as exc:
+            raise InvalidRequest(f"{exc}; this constraint is not supported", param=param) from exc
+        return grammar
 
     def check_tokens(self, tokens: list[int], param: str) -> None:
         num_vocab = self.client.model.num_vocab

@@ -84,6 +84,7 @@ class Turn:
     server_tools: dict[str, ServerTool]
     tool_timeout: float
     max_rounds: int
+    output_grammar: str | None  # response_format / guided_*: every round's output
     usage: Usage = field(default_factory=Usage)
     executed: list[ServerToolCall] = field(default_factory=list)
 
@@ -96,13 +97,23 @@ async def create_chat_completion(
     body.check_tool_messages()
     settings = request.app.state.settings
     server_tools: dict[str, ServerTool] = request.app.state.server_tools
+    grammar = served.output_grammar(body.output_constraint())
+    # constrained output is the answer itself: tools are then not offered
+    plan = _plan_tools(body, served, server_tools if grammar is None else {})
+    if grammar is not None and plan is not None:
+        raise InvalidRequest(
+            "tools cannot be combined with response_format or guided_* output constraints; "
+            "send tool_choice 'none' or drop the constraint",
+            param="tools",
+        )
     turn = Turn(
         body,
         served,
-        _plan_tools(body, served, server_tools),
+        plan,
         server_tools,
         settings.tool_timeout,
         settings.tool_max_rounds,
+        grammar,
     )
     messages = body.template_messages()
     first_round = _start_round(turn, messages, 0)  # bad input and a full queue fail here
@@ -195,7 +206,7 @@ def _start_round(turn: Turn, messages: list[dict[str, Any]], round_no: int) -> R
     prompt = _prompt(turn, messages)
     limit = served.max_new_tokens(len(prompt), body.requested_max_tokens(), "messages")
     # a forced tool_choice applies to the model's first answer, not to what follows tool results
-    grammar = plan.forced_grammar if plan and round_no == 0 else None
+    grammar = plan.forced_grammar if plan and round_no == 0 else turn.output_grammar
     params = body.to_sampling_params(served.client.model.num_vocab, limit, grammar)
     [stream] = submit_all(served, [prompt], params)
     return Round(stream, ToolCallStream(plan.parser) if plan else None)

@@ -49,7 +49,8 @@ async def create_completion(
     prompts = prompt_token_lists(body, served)
     longest = max(len(p) for p in prompts)
     max_tokens = served.max_new_tokens(longest, body.requested_max_tokens(), "prompt")
-    params = body.to_sampling_params(served.client.model.num_vocab, max_tokens)
+    grammar = served.output_grammar(body.output_constraint())
+    params = body.to_sampling_params(served.client.model.num_vocab, max_tokens, grammar)
     streams = submit_all(served, prompts, params)
     response_id, created = new_id("cmpl"), int(time.time())
     if body.stream:

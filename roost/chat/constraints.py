@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from roost.llama.grammar import literal, schema_rules
+from roost.llama.grammar import literal, regex_grammar, schema_grammar, schema_rules
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,26 @@ def forced_call_grammar(tools: list[ToolSpec], parser_name: str, max_calls: int)
     repeat = f"({literal(fmt.separator)} call){{0,{max_calls - 1}}}" if max_calls > 1 else ""
     root = " ".join(p for p in (_opt(fmt.open), "call", repeat, _opt(fmt.close)) if p)
     return f"root ::= {root}\ncall ::= {call}\n{rules}\n"
+
+
+class ConstraintKind(enum.Enum):
+    """What a request asks its output to be (response_format and vLLM's guided_* fields)."""
+
+    JSON_OBJECT = "json_object"
+    JSON_SCHEMA = "json_schema"
+    CHOICE = "choice"
+    REGEX = "regex"
+
+
+def output_grammar(kind: ConstraintKind, value: Any) -> str:
+    """GBNF for an output constraint; raises GrammarError when it cannot be enforced."""
+    if kind is ConstraintKind.JSON_OBJECT:
+        return schema_grammar({"type": "object"})
+    if kind is ConstraintKind.JSON_SCHEMA:
+        return schema_grammar(value)
+    if kind is ConstraintKind.CHOICE:
+        return "root ::= " + " | ".join(literal(choice) for choice in value) + "\n"
+    return regex_grammar(value)
 
 
 def _opt(text: str) -> str:

@@ -119,6 +119,24 @@ def _strict_strings(rules: str) -> str:
     return "\n".join(lines)
 
 
+def schema_grammar(schema: dict[str, Any]) -> str:
+    """A grammar whose only outputs are JSON documents valid against `schema`."""
+    rules, names = schema_rules({"doc": schema})
+    return f"root ::= {names['doc']}\n{rules}\n"
+
+
+def regex_grammar(pattern: str) -> str:
+    """A grammar for raw text matching a regular expression (anchored at both ends)."""
+    anchored = ("" if pattern.startswith("^") else "^") + pattern
+    anchored += "" if pattern.endswith("$") else "$"
+    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=True)
+    try:
+        name = converter.visit({"type": "string", "pattern": anchored}, "regex")
+    except Exception as exc:  # lookarounds and other unsupported syntax
+        raise GrammarError(f"unsupported regular expression: {exc}") from exc
+    return f"root ::= {name}\n{converter.format_grammar()}\n"
+
+
 def literal(text: str) -> str:
     """A GBNF string literal."""
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -1,0 +1,139 @@
+"""Structured outputs: response_format and vLLM's guided_* fields, enforced by a grammar."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import openai
+import pytest
+
+from tests.conftest import MODEL, Server
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 40},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "role": {"type": "string", "enum": ["admin", "user", "guest"]},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3},
+    },
+    "required": ["name", "age", "role"],
+    "additionalProperties": False,
+}
+ASK = [{"role": "user", "content": "Describe a user of a web site as JSON."}]
+
+
+def test_json_schema_output_always_validates(client: openai.OpenAI) -> None:
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "person", "schema": PERSON, "strict": True},
+    }
+    for seed in range(8):
+        reply = client.chat.completions.create(
+            model=MODEL,
+            messages=ASK,
+            response_format=response_format,  # type: ignore[arg-type]
+            temperature=1.0,
+            seed=seed,
+            max_tokens=300,
+        )
+        assert reply.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(reply.choices[0].message.content or ""), PERSON)
+
+
+def test_json_object_output_is_a_json_object(client: openai.OpenAI) -> None:
+    stopped = 0
+    for seed in range(4):
+        reply = client.chat.completions.create(
+            model=MODEL,
+            messages=ASK,
+            response_format={"type": "json_object"},
+            temperature=0.7,
+            seed=seed,
+            max_tokens=400,
+        )
+        if reply.choices[0].finish_reason == "stop":  # a length cut leaves JSON unfinished
+            assert isinstance(json.loads(reply.choices[0].message.content or ""), dict)
+            stopped += 1
+    assert stopped >= 2
+
+
+def test_guided_choice_and_regex_on_completions(client: openai.OpenAI) -> None:
+    choices = ["positive", "negative", "neutral"]
+    for seed in range(4):
+        out = client.completions.create(
+            model=MODEL,
+            prompt="The review 'great product!' is",
+            max_tokens=10,
+            seed=seed,
+            temperature=1.0,
+            extra_body={"guided_choice": choices},
+        )
+        assert out.choices[0].text in choices
+        code = client.completions.create(
+            model=MODEL,
+            prompt="A product code:",
+            max_tokens=20,
+            seed=seed,
+            temperature=1.0,
+            extra_body={"guided_regex": "[A-Z]{3}-[0-9]{2,4}"},
+        )
+        assert re.fullmatch(r"[A-Z]{3}-[0-9]{2,4}", code.choices[0].text)
+
+
+def test_guided_json_on_chat_streams_valid_json(client: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    chunks = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,
+        stream=True,
+        max_tokens=50,
+        extra_body={"guided_json": schema},
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    jsonschema.validate(json.loads(text), schema)
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "number", "minimum": 1}},
+                }
+            },
+            "response_format.json_schema.schema",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": 7}},
+                }
+            },
+            "response_format.json_schema.schema",
+        ),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        ({"guided_json": "{not json"}, "guided_json"),
+        ({"guided_regex": "(?=lookahead)x"}, "guided_regex"),
+        ({"guided_regex": r"\d+"}, "guided_regex"),
+        ({"guided_grammar": "root ::= 'a'"}, "guided_grammar"),
+        ({"guided_choice": ["a"], "guided_regex": "b"}, "guided_regex"),
+        (
+            {"guided_choice": ["a"], "tools": [{"type": "function", "function": {"name": "f"}}]},
+            "tools",
+        ),
+    ],
+)
+def test_unsupported_or_invalid_constraints_are_400(
+    server: Server, extra: dict, param: str
+) -> None:
+    body = {"model": MODEL, "messages": ASK, "max_tokens": 5, **extra}
+    with server.http() as http:
+        resp = http.post("/v1/chat/completions", json=body)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == param
