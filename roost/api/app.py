@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from roost import __version__
 from roost.api.errors import install_handlers
 from roost.api.registry import ModelRegistry
-from roost.api.routes import public, v1
+from roost.api.routes import public, tokenizer, v1
 from roost.chat.server_tools import load_server_tool
 from roost.config import Settings
 
@@ -40,4 +40,5 @@ def create_app(settings: Settings) -> FastAPI:
     install_handlers(app)
     app.include_router(public)
     app.include_router(v1)
+    app.include_router(tokenizer)
     return app

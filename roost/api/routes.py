@@ -8,8 +8,17 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 
-from roost.api.errors import InvalidAPIKey
-from roost.api.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from roost.api.errors import InvalidAPIKey, InvalidRequest
+from roost.api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 from roost.api.registry import LoadStatus, ModelRegistry
 from roost.api.serving_chat import create_chat_completion
 from roost.api.serving_completions import create_completion
@@ -39,6 +48,7 @@ def require_api_key(
 
 public = APIRouter()
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+tokenizer = APIRouter(dependencies=[Depends(require_api_key)])
 
 
 @public.get("/health")
@@ -78,6 +88,31 @@ async def chat_completions(
 async def chat_alias(body: ChatCompletionRequest, registry: Registry, request: Request) -> object:
     """Compatibility alias: POST /v1/ is /v1/chat/completions."""
     return await create_chat_completion(body, registry, request)
+
+
+@tokenizer.post("/tokenize")
+async def tokenize(body: TokenizeRequest, registry: Registry) -> TokenizeResponse:
+    served = registry.get(body.model)
+    if (body.prompt is None) == (body.messages is None):
+        raise InvalidRequest("send exactly one of 'prompt' and 'messages'", param="prompt")
+    if body.messages is not None:
+        messages = ChatCompletionRequest(model=body.model, messages=body.messages)
+        tokens = served.chat_tokens(
+            messages.template_messages(), add_generation_prompt=body.add_generation_prompt
+        )
+    else:
+        tokens = served.client.model.tokenize(
+            body.prompt or "", add_special=body.add_special_tokens, parse_special=True
+        )
+    return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=served.num_ctx)
+
+
+@tokenizer.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, registry: Registry) -> DetokenizeResponse:
+    served = registry.get(body.model)
+    if body.tokens:  # an empty list detokenizes to ""
+        served.check_tokens(body.tokens, "tokens")
+    return DetokenizeResponse(prompt=served.client.model.detokenize(body.tokens, special=True))
 
 
 @v1.post("/completions", response_model=None)
