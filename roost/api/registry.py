@@ -36,7 +36,8 @@ class ServedModel:
     template: ChatTemplate
 
     @property
-    def num_ctx(self) -> int:
+    def max_seq_len(self) -> int:
+        """Prompt plus output tokens one request may use."""
         return self.client.max_seq_len
 
     def chat_tokens(self, messages: list[dict[str, Any]], **extra: Any) -> list[int]:
@@ -76,9 +77,9 @@ class ServedModel:
     def max_new_tokens(self, num_prompt: int, requested: int | None, param: str) -> int | None:
         """Validate the request's length against the context; None means 'until it is full'."""
         total = num_prompt + (requested or 1)
-        if total > self.num_ctx:
+        if total > self.max_seq_len:
             raise ContextLengthExceeded(
-                f"This model's maximum context length is {self.num_ctx} tokens. However, you "
+                f"This model's maximum context length is {self.max_seq_len} tokens. However, you "
                 f"requested {total} tokens ({num_prompt} in the prompt, {requested or 1} for the "
                 "completion). Please reduce the prompt or the completion length.",
                 param=param,

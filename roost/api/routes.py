@@ -104,7 +104,7 @@ async def tokenize(body: TokenizeRequest, registry: Registry) -> TokenizeRespons
         tokens = served.client.model.tokenize(
             body.prompt or "", add_special=body.add_special_tokens, parse_special=True
         )
-    return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=served.num_ctx)
+    return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=served.max_seq_len)
 
 
 @tokenizer.post("/detokenize")
