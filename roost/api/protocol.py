@@ -55,6 +55,12 @@ class SamplingRequest(Request):
     guided_choice: list[str] | None = Field(default=None, min_length=1)
     guided_regex: str | None = None
     guided_grammar: str | None = None
+    # vLLM's sampling extras
+    ignore_eos: bool = False
+    min_tokens: int = Field(default=0, ge=0)
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
 
     @field_validator("stop")
     @classmethod
@@ -112,7 +118,21 @@ class SamplingRequest(Request):
             logit_bias=self._token_biases(num_vocab),
             grammar=grammar,
         )
-        return SamplingParams(max_tokens=max_tokens, stop=stops, sampler=sampler)
+        if max_tokens is not None and self.min_tokens > max_tokens:
+            raise InvalidRequest("min_tokens may not exceed max_tokens", param="min_tokens")
+        stop_ids = frozenset(self.stop_token_ids or ())
+        if any(not 0 <= t < num_vocab for t in stop_ids):
+            raise InvalidRequest(f"token ids must be in [0, {num_vocab})", param="stop_token_ids")
+        return SamplingParams(
+            max_tokens=max_tokens,
+            stop=stops,
+            sampler=sampler,
+            stop_token_ids=stop_ids,
+            ignore_eos=self.ignore_eos,
+            min_tokens=self.min_tokens,
+            include_stop_str_in_output=self.include_stop_str_in_output,
+            skip_special_tokens=self.skip_special_tokens,
+        )
 
     def _token_biases(self, num_vocab: int) -> dict[int, float]:
         biases: dict[int, float] = {}

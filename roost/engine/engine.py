@@ -108,12 +108,17 @@ class Engine:
                 self._abort(item.request_id)
             elif isinstance(item, Sequence):
                 self._admit(item)
-        except Exception:  # one bad message must not end the engine thread
+        except Exception as exc:  # one bad message must not end the engine thread
             log.exception("engine could not apply %r", item)
+            if isinstance(item, Sequence):  # and its request must not wait forever
+                self._sink([(item, item.finish(FinishReason.ERROR, [], error=str(exc)))])
 
     def _admit(self, seq: Sequence) -> None:
         # penalties cover every generated token: the window is the whole context
-        spec = replace(seq.params.sampler, penalty_last_n=self.max_seq_len)
+        params = seq.params
+        # min_tokens: end tokens cannot be sampled until then (the ban is lifted in _step)
+        banned = self.model.eog_ids | params.stop_token_ids if params.min_tokens else frozenset()
+        spec = replace(params.sampler, penalty_last_n=self.max_seq_len, banned=banned)
         try:
             seq.sampler = Sampler(self.model, spec)
         except Exception as exc:  # a bad sampler fails its request, never the engine
@@ -130,7 +135,10 @@ class Engine:
         samples = self.runner.execute(plan)
         events = []
         for seq, token in samples:
-            event = seq.append_token(token, self.model.token_bytes(token), self.model.is_eog(token))
+            piece = self.model.token_bytes(token, special=not seq.params.skip_special_tokens)
+            event = seq.append_token(token, piece, self.model.is_eog(token))
+            if seq.sampler is not None and seq.num_output >= seq.params.min_tokens:
+                seq.sampler.lift_ban()
             if seq.status is SeqStatus.FINISHED:
                 self._release(seq)
             else:

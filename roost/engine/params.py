@@ -14,3 +14,9 @@ class SamplingParams:
     max_tokens: int | None = None  # None: until the context is full
     stop: tuple[str, ...] = ()
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    # vLLM's extras
+    stop_token_ids: frozenset[int] = frozenset()
+    ignore_eos: bool = False  # end-of-generation tokens do not end the sequence
+    min_tokens: int = 0  # end tokens and stop_token_ids are banned until this many tokens
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True

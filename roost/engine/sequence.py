@@ -42,8 +42,9 @@ class Event:
 class StopMatcher:
     """Finds stop strings in streamed text and holds back any tail that could start one."""
 
-    def __init__(self, stops: tuple[str, ...]) -> None:
+    def __init__(self, stops: tuple[str, ...], keep_stop: bool = False) -> None:
         self.stops = tuple(s for s in stops if s)
+        self.keep_stop = keep_stop  # emit the matched stop string itself (vLLM's option)
         self.pending = ""
 
     def feed(self, text: str) -> tuple[str, bool]:
@@ -51,10 +52,11 @@ class StopMatcher:
         if not self.stops:
             return text, False
         buf = self.pending + text
-        hit = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
-        if hit >= 0:
+        hits = [(i, s) for s in self.stops if (i := buf.find(s)) >= 0]
+        if hits:
             self.pending = ""
-            return buf[:hit], True
+            at, stop = min(hits)
+            return buf[: at + len(stop) * self.keep_stop], True
         hold = max((self._partial(buf, s) for s in self.stops), default=0)
         self.pending = buf[len(buf) - hold :] if hold else ""
         return buf[: len(buf) - hold], False
@@ -94,7 +96,7 @@ class Sequence:
         self.num_cached = 0  # prompt tokens reused from the prefix cache at first admission
         self.is_admitted_once = False
         self.sampler: Sampler | None = None
-        self.stop = StopMatcher(params.stop)
+        self.stop = StopMatcher(params.stop, params.include_stop_str_in_output)
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.finish_reason: FinishReason | None = None
 
@@ -109,7 +111,8 @@ class Sequence:
     def append_token(self, token: int, piece: bytes, is_eog: bool) -> Event:
         """Record a sampled token; returns the event to send (with finish when it ends)."""
         self.tokens.append(token)
-        if is_eog:
+        params = self.params
+        if (is_eog and not params.ignore_eos) or token in params.stop_token_ids:
             return self.finish(FinishReason.STOP, [token])
         text, is_stopped = self.stop.feed(self._utf8.decode(piece))
         if is_stopped:

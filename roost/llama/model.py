@@ -65,6 +65,7 @@ class LlamaModel:
         self._eog = [
             bool(llama_cpp.llama_vocab_is_eog(self.vocab, t)) for t in range(self.num_vocab)
         ]
+        self.eog_ids = frozenset(t for t, is_eog in enumerate(self._eog) if is_eog)
 
     def close(self) -> None:
         if self.ptr:

@@ -28,6 +28,7 @@ class SamplerSpec:
     penalty_last_n: int = 64
     logit_bias: dict[int, float] = field(default_factory=dict)
     grammar: str | None = None  # GBNF with a `root` rule: only matching text can be sampled
+    banned: frozenset[int] = frozenset()  # never sampled until `lift_ban()` (min_tokens)
 
 
 class Sampler:
@@ -37,6 +38,7 @@ class Sampler:
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self.ptr = llama_cpp.llama_sampler_chain_init(chain_params)
+        self.is_banning = bool(spec.banned)
         try:
             for smpl in self._stages(model, spec):
                 llama_cpp.llama_sampler_chain_add(self.ptr, smpl)  # the chain owns and frees it
@@ -47,11 +49,10 @@ class Sampler:
     @staticmethod
     def _stages(model: LlamaModel, spec: SamplerSpec) -> Iterator[llama_cpp.llama_sampler_p]:
         num_vocab = model.num_vocab
+        if spec.banned:  # first, so that lift_ban() removes stage 0
+            yield _bias_stage(num_vocab, dict.fromkeys(spec.banned, float("-inf")))
         if spec.logit_bias:
-            biases = (llama_cpp.llama_logit_bias * len(spec.logit_bias))()
-            for slot, (token, bias) in zip(biases, spec.logit_bias.items(), strict=True):
-                slot.token, slot.bias = token, bias
-            yield llama_cpp.llama_sampler_init_logit_bias(num_vocab, len(spec.logit_bias), biases)
+            yield _bias_stage(num_vocab, spec.logit_bias)
         if spec.grammar:
             grammar = llama_cpp.llama_sampler_init_grammar(
                 model.vocab, spec.grammar.encode(), b"root"
@@ -82,6 +83,12 @@ class Sampler:
             seed = RANDOM_SEED - 1  # an explicit seed must never mean "random"
         yield llama_cpp.llama_sampler_init_dist(seed)
 
+    def lift_ban(self) -> None:
+        """Allow the banned tokens from now on."""
+        if self.is_banning:
+            llama_cpp.llama_sampler_free(llama_cpp.llama_sampler_chain_remove(self.ptr, 0))
+            self.is_banning = False
+
     def sample(self, ctx: LlamaContext, batch_index: int) -> int:
         """Sample from the logits of `batch_index` and record the token (penalties need it)."""
         return int(llama_cpp.llama_sampler_sample(self.ptr, ctx.ptr, batch_index))
@@ -90,3 +97,10 @@ class Sampler:
         if self.ptr:
             llama_cpp.llama_sampler_free(self.ptr)
             self.ptr = None
+
+
+def _bias_stage(num_vocab: int, biases: dict[int, float]) -> llama_cpp.llama_sampler_p:
+    entries = (llama_cpp.llama_logit_bias * len(biases))()
+    for entry, (token, bias) in zip(entries, biases.items(), strict=True):
+        entry.token, entry.bias = token, bias
+    return llama_cpp.llama_sampler_init_logit_bias(num_vocab, len(biases), entries)

@@ -1,0 +1,82 @@
+"""vLLM's sampling extras: ignore_eos, min_tokens, stop_token_ids, include_stop_str_in_output,
+skip_special_tokens."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from roost.llama.model import LlamaModel
+from tests.conftest import MODEL, Server
+
+HI = [{"role": "user", "content": "Say hi."}]
+
+
+def _chat(client: openai.OpenAI, **extra: object) -> openai.types.chat.ChatCompletion:
+    return client.chat.completions.create(
+        model=MODEL,
+        messages=HI,
+        temperature=0,
+        max_tokens=40,
+        extra_body=extra,  # type: ignore
+    )
+
+
+def test_ignore_eos_and_min_tokens_keep_generating(client: openai.OpenAI) -> None:
+    short = _chat(client)
+    assert short.choices[0].finish_reason == "stop"  # the greedy answer ends by itself
+    ended = short.usage.completion_tokens  # type: ignore[union-attr]
+    for extra in ({"ignore_eos": True}, {"min_tokens": 40}):
+        longer = _chat(client, **extra)
+        assert longer.choices[0].finish_reason == "length", extra
+        assert longer.usage.completion_tokens == 40 > ended  # type: ignore[union-attr]
+    bounded = _chat(client, min_tokens=ended + 3)
+    assert bounded.usage.completion_tokens >= ended + 3  # type: ignore[union-attr]
+
+
+def test_stop_token_ids_end_generation(client: openai.OpenAI, local_model: LlamaModel) -> None:
+    full = client.completions.create(
+        model=MODEL, prompt="1, 2, 3, 4,", max_tokens=12, temperature=0
+    )
+    tokens = local_model.tokenize(full.choices[0].text, add_special=False)
+    stop_id = tokens[3]
+    cut = client.completions.create(
+        model=MODEL,
+        prompt="1, 2, 3, 4,",
+        max_tokens=12,
+        temperature=0,
+        extra_body={"stop_token_ids": [stop_id]},
+    )
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.usage.completion_tokens <= 4  # type: ignore[union-attr]
+    assert full.choices[0].text.startswith(cut.choices[0].text)
+
+
+def test_include_stop_str_in_output(client: openai.OpenAI) -> None:
+    args = {"model": MODEL, "prompt": "1, 2, 3, 4,", "max_tokens": 20, "temperature": 0}
+    without = client.completions.create(**args, stop=[" 6"])
+    kept = client.completions.create(
+        **args, stop=[" 6"], extra_body={"include_stop_str_in_output": True}
+    )
+    assert kept.choices[0].text == without.choices[0].text + " 6"
+
+
+def test_skip_special_tokens_false_shows_end_token(client: openai.OpenAI) -> None:
+    shown = _chat(client, ignore_eos=True, skip_special_tokens=False, max_tokens=60)
+    hidden = _chat(client, ignore_eos=True, max_tokens=60)
+    assert "<|im_end|>" in (shown.choices[0].message.content or "")
+    assert "<|im_end|>" not in (hidden.choices[0].message.content or "")
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"min_tokens": 50, "max_tokens": 10}, "min_tokens"),
+        ({"stop_token_ids": [10**9]}, "stop_token_ids"),
+        ({"min_tokens": -1}, "min_tokens"),
+    ],
+)
+def test_bad_extras_are_400(server: Server, extra: dict, param: str) -> None:
+    with server.http() as http:
+        resp = http.post("/v1/chat/completions", json={"model": MODEL, "messages": HI, **extra})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == param
