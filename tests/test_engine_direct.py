@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 
+import pytest
+
 from roost.config import load_settings
 from roost.engine.client import EngineClient
 from roost.engine.params import SamplingParams
@@ -53,3 +55,38 @@ def test_a_failing_request_does_not_stop_the_engine() -> None:
     errors, num_served = asyncio.run(_failure_scenario())
     assert len(errors) == 1 and errors[0]
     assert num_served == 4
+
+
+async def _group_scenario(parallel: int, n: int, kv_unified: bool = False) -> tuple[int, list[str]]:
+    settings = load_settings(
+        None, parallel=parallel, ctx_size=2048, threads=2, kv_unified=kv_unified
+    )
+    config = settings.resolved_models()[0]
+    client = await asyncio.to_thread(EngineClient, config, asyncio.get_running_loop())
+    try:
+        prompt = client.model.tokenize("Tell me everything about the ocean. " * 12)
+        params = SamplingParams(max_tokens=4, sampler=SamplerSpec(temperature=0))
+        before = client.engine.runner.num_decoded
+
+        async def text(stream: object) -> str:
+            return "".join([event.text async for event in stream])  # type: ignore[attr-defined]
+
+        texts = await asyncio.gather(*map(text, client.submit_group(prompt, [params] * n)))
+        return client.engine.runner.num_decoded - before - n * 4, list(texts)
+    finally:
+        await asyncio.to_thread(client.close)
+
+
+@pytest.mark.parametrize("kv_unified", [False, True])
+def test_a_group_evaluates_its_prompt_once(kv_unified: bool) -> None:
+    # split cache: whole-stream copies; unified: the followers share the leader's cells
+    num_prompt_decoded, texts = asyncio.run(_group_scenario(4, 4, kv_unified))
+    num_prompt = 12 * 8  # well over 90 tokens: four evaluations would show
+    assert num_prompt_decoded < num_prompt * 1.5
+    assert len(set(texts)) == 1 and texts[0]
+
+
+def test_a_group_larger_than_the_slots_still_completes() -> None:
+    # followers that find no free slot run alone later (reusing the cached prompt prefix)
+    _, texts = asyncio.run(_group_scenario(parallel=1, n=3))
+    assert len(texts) == 3 and all(texts)

@@ -74,7 +74,7 @@ class SamplingRequest(Request):
 
     def unsupported(self) -> dict[str, bool]:
         """Fields a later release will honour; accepting them silently would mislead."""
-        return {"n": self.n != 1, "guided_grammar": self.guided_grammar is not None}
+        return {"guided_grammar": self.guided_grammar is not None}
 
     def output_constraint(self) -> tuple[ConstraintKind, Any, str] | None:
         """At most one of the constraint fields: (kind, value, the field's name)."""
@@ -101,6 +101,10 @@ class SamplingRequest(Request):
             if is_set:
                 raise InvalidRequest(f"'{name}' is not supported by this server yet", param=name)
 
+    def logprob_counts(self) -> tuple[int | None, int | None]:
+        """(top alternatives per generated token, per prompt token); None: not wanted."""
+        return None, None
+
     def to_sampling_params(
         self, num_vocab: int, max_tokens: int | None, grammar: str | None = None
     ) -> SamplingParams:
@@ -123,7 +127,10 @@ class SamplingRequest(Request):
         stop_ids = frozenset(self.stop_token_ids or ())
         if any(not 0 <= t < num_vocab for t in stop_ids):
             raise InvalidRequest(f"token ids must be in [0, {num_vocab})", param="stop_token_ids")
+        num_logprobs, num_prompt_logprobs = self.logprob_counts()
         return SamplingParams(
+            num_logprobs=num_logprobs,
+            num_prompt_logprobs=num_prompt_logprobs,
             max_tokens=max_tokens,
             stop=stops,
             sampler=sampler,
@@ -251,12 +258,12 @@ class ChatCompletionRequest(SamplingRequest):
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    def unsupported(self) -> dict[str, bool]:
-        return {
-            **super().unsupported(),
-            "logprobs": self.logprobs,
-            "top_logprobs": self.top_logprobs is not None,
-        }
+    def logprob_counts(self) -> tuple[int | None, int | None]:
+        if not self.logprobs:
+            if self.top_logprobs is not None:
+                raise InvalidRequest("top_logprobs requires logprobs: true", param="top_logprobs")
+            return None, None
+        return self.top_logprobs or 0, None
 
     def _constraints(self) -> list[tuple[ConstraintKind, Any, str]]:
         fmt, found = self.response_format, super()._constraints()
@@ -316,17 +323,26 @@ class CompletionRequest(SamplingRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=5)
-    best_of: int | None = Field(default=None, ge=1)
+    best_of: int | None = Field(default=None, ge=1, le=128)
     suffix: str | None = None
 
     def unsupported(self) -> dict[str, bool]:
-        return {
-            **super().unsupported(),
-            "echo": self.echo,
-            "logprobs": self.logprobs is not None,
-            "best_of": self.best_of not in (None, 1),
-            "suffix": bool(self.suffix),
-        }
+        return {**super().unsupported(), "suffix": bool(self.suffix)}
+
+    def num_candidates(self) -> int:
+        """Choices generated per prompt: best_of of them, of which the n best are returned."""
+        best_of = self.best_of or self.n
+        if best_of < self.n:
+            raise InvalidRequest("best_of must be at least n", param="best_of")
+        if self.stream and best_of > self.n:
+            raise InvalidRequest("best_of cannot be used with stream", param="best_of")
+        return best_of
+
+    def logprob_counts(self) -> tuple[int | None, int | None]:
+        # best_of ranks candidates by mean logprob: it needs them even when not returned
+        ranking = 0 if self.num_candidates() > self.n else None
+        num = self.logprobs if self.logprobs is not None else ranking
+        return num, self.logprobs if self.echo else None
 
 
 # -- responses ------------------------------------------------------------------------------
@@ -370,11 +386,26 @@ class ServerToolCall(BaseModel):
     result: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None
+    refusal: list[ChatTokenLogprob] | None = None
+
+
 class ChatChoice(BaseModel):
     index: int
     message: ResponseMessage
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -418,7 +449,7 @@ class ChunkChoice(BaseModel):
     index: int
     delta: Delta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -431,11 +462,18 @@ class ChatCompletionChunk(BaseModel):
     system_fingerprint: str | None = None
 
 
+class CompletionLogprobs(BaseModel):
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):

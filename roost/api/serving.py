@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, TypeVar
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -23,6 +23,7 @@ from roost.api.errors import (
 from roost.api.protocol import Usage
 from roost.api.registry import ServedModel
 from roost.engine.client import QueueFull, RequestStream
+from roost.engine.logprobs import TokenLogprob
 from roost.engine.params import SamplingParams
 from roost.engine.sequence import Event, FinishReason
 
@@ -37,14 +38,22 @@ def sse(payload: BaseModel | dict[str, Any]) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
+def choice_params(params: SamplingParams, n: int) -> list[SamplingParams]:
+    """n choices of one prompt; with a seed, choice j draws with seed + j (distinct, repeatable)."""
+    seed = params.sampler.seed
+    if seed is None:
+        return [params] * n
+    return [replace(params, sampler=replace(params.sampler, seed=seed + j)) for j in range(n)]
+
+
 def submit_all(
-    served: ServedModel, prompts: list[list[int]], params: SamplingParams
+    served: ServedModel, prompts: list[list[int]], params: SamplingParams, n: int = 1
 ) -> list[RequestStream]:
-    """Queue every prompt now; all or none (a full queue cancels what was queued)."""
+    """Queue n choices per prompt (stream i * n + j); all or none (a full queue cancels all)."""
     streams: list[RequestStream] = []
     try:
         for prompt in prompts:
-            streams.append(served.client.submit(prompt, params))
+            streams += served.client.submit_group(prompt, choice_params(params, n))
     except QueueFull:
         for stream in streams:
             stream.cancel()
@@ -54,28 +63,46 @@ def submit_all(
     return streams
 
 
-async def merge(streams: list[RequestStream]) -> AsyncIterator[tuple[int, Event]]:
-    """Events of several requests as they come, tagged with the request's index."""
-    if len(streams) == 1:
-        async for event in streams[0]:
-            yield 0, event
+@dataclass
+class _Item(Generic[T]):
+    index: int
+    value: T | None = None
+    error: BaseException | None = None
+    is_end: bool = False
+
+
+async def merge(sources: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
+    """Items of several async iterators as they come, tagged with the source's index."""
+    if len(sources) == 1:
+        async for value in sources[0]:
+            yield 0, value
         return
-    queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+    queue: asyncio.Queue[_Item[T]] = asyncio.Queue()
 
-    async def pump(index: int, stream: RequestStream) -> None:
-        async for event in stream:
-            queue.put_nowait((index, event))
+    async def pump(index: int, source: AsyncIterator[T]) -> None:
+        try:
+            async for value in source:
+                queue.put_nowait(_Item(index, value))
+        except Exception as exc:  # re-raised in the consumer
+            queue.put_nowait(_Item(index, error=exc))
+        queue.put_nowait(_Item(index, is_end=True))
 
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(sources)]
     try:
-        remaining = len(streams)
+        remaining = len(sources)
         while remaining:
-            index, event = await queue.get()
-            remaining -= event.finish_reason is not None
-            yield index, event
+            item = await queue.get()
+            if item.error is not None:
+                raise item.error
+            if item.is_end:
+                remaining -= 1
+                continue
+            yield item.index, item.value  # type: ignore[misc]
     finally:
         for task in tasks:
             task.cancel()
+        # a source generator may be closed only once its pump has really stopped
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def check_event(event: Event) -> None:
@@ -84,23 +111,28 @@ def check_event(event: Event) -> None:
 
 
 @dataclass
-class Collected:
-    """The non-streaming result of several requests."""
+class ChoiceResult:
+    """One choice's whole output (non-streaming)."""
 
-    texts: list[str]
-    finish_reasons: list[str | None]
-    usage: Usage = field(default_factory=Usage)
+    text: str = ""
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
-async def collect(streams: list[RequestStream]) -> Collected:
-    result = Collected([""] * len(streams), [None] * len(streams))
+async def collect(streams: list[RequestStream]) -> tuple[list[ChoiceResult], Usage]:
+    results, usage = [ChoiceResult() for _ in streams], Usage()
     async for index, event in merge(streams):
         check_event(event)
-        result.texts[index] += event.text
+        result = results[index]
+        result.text += event.text
+        result.logprobs += event.logprobs
+        if event.prompt_logprobs is not None:
+            result.prompt_logprobs = event.prompt_logprobs
         if event.finish_reason is not None:
-            result.finish_reasons[index] = event.finish_reason.value
-            add_usage(result.usage, event)
-    return result
+            result.finish_reason = event.finish_reason.value
+            add_usage(usage, event)
+    return results, usage
 
 
 def add_usage(usage: Usage, event: Event) -> None:

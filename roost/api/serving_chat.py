@@ -12,11 +12,13 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from roost.api.errors import InvalidRequest
+from roost.api.logprobs import chat_logprobs
 from roost.api.protocol import (
     ChatChoice,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    ChoiceLogprobs,
     ChunkChoice,
     Delta,
     DeltaFunction,
@@ -33,6 +35,7 @@ from roost.api.serving import (
     DONE,
     add_usage,
     check_event,
+    merge,
     sse,
     stream_response,
     submit_all,
@@ -51,7 +54,9 @@ from roost.chat.tools import (
 )
 from roost.chat.tools import parser_for_template as _parser_for_template
 from roost.engine.client import RequestStream
+from roost.engine.logprobs import TokenLogprob
 from roost.llama.grammar import GrammarError, check_grammar
+from roost.llama.model import LlamaModel
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class Piece:
     text: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -116,28 +122,41 @@ async def create_chat_completion(
         grammar,
     )
     messages = body.template_messages()
-    first_round = _start_round(turn, messages, 0)  # bad input and a full queue fail here
-    pieces = _answer(turn, messages, first_round)
+    # n choices share the prompt's evaluation; bad input and a full queue fail here
+    first_rounds = _start_rounds(turn, messages, 0, body.n)
+    answers = [_answer(turn, messages, first) for first in first_rounds]
     response_id, created = new_id("chatcmpl"), int(time.time())
     if body.stream:
-        frames = _chunks(turn, pieces, response_id, created)
+        frames = _chunks(turn, answers, response_id, created)
         return stream_response([], lambda: frames)
     try:
-        collected = await until_disconnect(request, _collect(pieces))
+        collected = await until_disconnect(request, asyncio.gather(*map(_collect, answers)))
     finally:
-        await pieces.aclose()
-    text, calls, reason = collected
-    message = ResponseMessage(
-        content=text or (None if calls else ""),
-        tool_calls=[_call_out(c) for c in calls] or None,
-    )
+        for answer in answers:
+            await answer.aclose()
+    model = served.client.model
     return ChatCompletion(
         id=response_id,
         created=created,
         model=body.model,
-        choices=[ChatChoice(index=0, message=message, finish_reason=reason)],
+        choices=[_choice(i, c, model if body.logprobs else None) for i, c in enumerate(collected)],
         usage=turn.usage,
         server_tool_calls=turn.executed or None,
+    )
+
+
+def _choice(index: int, answer: Piece, model: LlamaModel | None) -> ChatChoice:
+    """A whole answer as a choice; `model` is given when logprobs were asked for."""
+    calls = answer.tool_calls
+    message = ResponseMessage(
+        content=answer.text or (None if calls else ""),
+        tool_calls=[_call_out(c) for c in calls] or None,
+    )
+    logprobs = None
+    if model is not None:
+        logprobs = ChoiceLogprobs(content=chat_logprobs(model, answer.logprobs))
+    return ChatChoice(
+        index=index, message=message, finish_reason=answer.finish_reason, logprobs=logprobs
     )
 
 
@@ -201,15 +220,17 @@ class Round:
     splitter: ToolCallStream | None
 
 
-def _start_round(turn: Turn, messages: list[dict[str, Any]], round_no: int) -> Round:
+def _start_rounds(
+    turn: Turn, messages: list[dict[str, Any]], round_no: int, n: int = 1
+) -> list[Round]:
     body, served, plan = turn.body, turn.served, turn.plan
     prompt = _prompt(turn, messages)
     limit = served.max_new_tokens(len(prompt), body.requested_max_tokens(), "messages")
     # a forced tool_choice applies to the model's first answer, not to what follows tool results
     grammar = plan.forced_grammar if plan and round_no == 0 else turn.output_grammar
     params = body.to_sampling_params(served.client.model.num_vocab, limit, grammar)
-    [stream] = submit_all(served, [prompt], params)
-    return Round(stream, ToolCallStream(plan.parser) if plan else None)
+    streams = submit_all(served, [prompt], params, n)
+    return [Round(stream, ToolCallStream(plan.parser) if plan else None) for stream in streams]
 
 
 async def _answer(
@@ -219,15 +240,15 @@ async def _answer(
     plan = turn.plan
     for round_no in range(turn.max_rounds + 1):
         if round_no:
-            current = _start_round(turn, messages, round_no)
+            [current] = _start_rounds(turn, messages, round_no)
         finish, splitter, said = "stop", current.splitter, ""
         try:
             async for event in current.stream:
                 check_event(event)
                 text = splitter.feed(event.text) if splitter else event.text
-                if text:
-                    said += text
-                    yield Piece(text=text)
+                said += text
+                if text or event.logprobs:
+                    yield Piece(text=text, logprobs=event.logprobs)
                 if event.finish_reason is not None:
                     add_usage(turn.usage, event)
                     finish = event.finish_reason.value
@@ -286,45 +307,60 @@ def _call_out(call: ToolCall) -> ToolCallOut:
     return ToolCallOut(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments))
 
 
-async def _collect(pieces: AsyncIterator[Piece]) -> tuple[str, list[ToolCall], str | None]:
-    text, calls, reason = "", [], None
+async def _collect(pieces: AsyncIterator[Piece]) -> Piece:
+    """A whole answer as one piece."""
+    answer = Piece()
     async for piece in pieces:
-        text += piece.text
-        calls += piece.tool_calls
-        reason = piece.finish_reason or reason
-    return text, calls, reason
+        answer.text += piece.text
+        answer.tool_calls += piece.tool_calls
+        answer.logprobs += piece.logprobs
+        answer.finish_reason = piece.finish_reason or answer.finish_reason
+    return answer
 
 
 async def _chunks(
-    turn: Turn, pieces: AsyncIterator[Piece], response_id: str, created: int
+    turn: Turn, answers: list[AsyncIterator[Piece]], response_id: str, created: int
 ) -> AsyncIterator[str]:
-    body = turn.body
+    body, model = turn.body, turn.served.client.model
 
-    def chunk(delta: Delta | None, finish: str | None = None, usage: Usage | None = None) -> str:
-        choices = [] if delta is None else [ChunkChoice(index=0, delta=delta, finish_reason=finish)]
+    def chunk(
+        index: int | None, delta: Delta, finish: str | None = None, usage: Usage | None = None
+    ) -> str:
+        choices = []
+        if index is not None:
+            choices = [ChunkChoice(index=index, delta=delta, finish_reason=finish)]
         return sse(
             ChatCompletionChunk(
                 id=response_id, created=created, model=body.model, choices=choices, usage=usage
             )
         )
 
-    yield chunk(Delta(role="assistant", content=""))
+    for index in range(len(answers)):
+        yield chunk(index, Delta(role="assistant", content=""))
     try:
-        async for piece in pieces:
-            if piece.text:
-                yield chunk(Delta(content=piece.text))
-            for index, call in enumerate(piece.tool_calls):
-                yield chunk(Delta(tool_calls=[_first_fragment(index, call)]))
-                fragment = DeltaToolCall(
-                    index=index, function=DeltaFunction(arguments=call.arguments)
+        async for index, piece in merge(answers):
+            if piece.text or piece.logprobs:
+                frame = ChunkChoice(index=index, delta=Delta(content=piece.text))
+                if body.logprobs:
+                    frame.logprobs = ChoiceLogprobs(content=chat_logprobs(model, piece.logprobs))
+                yield sse(
+                    ChatCompletionChunk(
+                        id=response_id, created=created, model=body.model, choices=[frame]
+                    )
                 )
-                yield chunk(Delta(tool_calls=[fragment]))
+            for call_no, call in enumerate(piece.tool_calls):
+                yield chunk(index, Delta(tool_calls=[_first_fragment(call_no, call)]))
+                fragment = DeltaToolCall(
+                    index=call_no, function=DeltaFunction(arguments=call.arguments)
+                )
+                yield chunk(index, Delta(tool_calls=[fragment]))
             if piece.finish_reason is not None:
-                yield chunk(Delta(), piece.finish_reason)
+                yield chunk(index, Delta(), piece.finish_reason)
     finally:
-        await pieces.aclose()
+        for answer in answers:
+            await answer.aclose()
     if body.stream_options and body.stream_options.include_usage:
-        yield chunk(None, usage=turn.usage)
+        yield chunk(None, Delta(), usage=turn.usage)
     yield DONE
 
 

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from fastapi import Request
 
-from roost.api.protocol import Completion, CompletionChoice, CompletionRequest, Usage, new_id
+from roost.api.logprobs import extend_completion_logprobs
+from roost.api.protocol import (
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    Usage,
+    new_id,
+)
 from roost.api.registry import ModelRegistry, ServedModel
 from roost.api.serving import (
     DONE,
+    ChoiceResult,
     add_usage,
     check_event,
     collect,
@@ -21,24 +31,38 @@ from roost.api.serving import (
     until_disconnect,
 )
 from roost.engine.client import RequestStream
+from roost.engine.logprobs import TokenLogprob, mean_logprob
+from roost.llama.model import LlamaModel
 
 
-def prompt_token_lists(body: CompletionRequest, served: ServedModel) -> list[list[int]]:
-    """One token list per choice: a string, a list of strings, token ids, or lists of ids."""
-    prompt = body.prompt
+@dataclass(frozen=True)
+class Prompt:
+    tokens: list[int]
+    text: str  # what `echo` returns: the prompt as sent, or its ids detokenized
+
+
+def prompts_of(body: CompletionRequest, served: ServedModel) -> list[Prompt]:
+    """One prompt per list entry: a string, a list of strings, token ids, or lists of ids."""
+    prompt, model = body.prompt, served.client.model
     if isinstance(prompt, str):
-        lists = [served.text_tokens(prompt)]
+        texts: list[str] | None = [prompt]
     elif prompt and all(isinstance(p, str) for p in prompt):
-        lists = [served.text_tokens(p) for p in prompt]  # type: ignore[arg-type]
-    elif prompt and all(isinstance(p, int) for p in prompt):
-        lists = [list(prompt)]  # type: ignore[arg-type]
+        texts = list(prompt)  # type: ignore[arg-type]
     else:
-        lists = [list(p) for p in prompt]  # type: ignore[arg-type, union-attr]
-    if not lists:
-        lists = [[]]
-    for i, tokens in enumerate(lists):
-        served.check_tokens(tokens, "prompt" if len(lists) == 1 else f"prompt[{i}]")
-    return lists
+        texts = None
+    if texts is not None:
+        prompts = [Prompt(served.text_tokens(t), t) for t in texts]
+    elif prompt and all(isinstance(p, int) for p in prompt):
+        prompts = [Prompt(list(prompt), "")]  # type: ignore[arg-type]
+    else:
+        prompts = [Prompt(list(p), "") for p in prompt]  # type: ignore[arg-type, union-attr]
+    if not prompts:
+        prompts = [Prompt([], "")]
+    for i, p in enumerate(prompts):
+        served.check_tokens(p.tokens, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
+    if texts is None and body.echo:
+        prompts = [Prompt(p.tokens, model.detokenize(p.tokens, special=True)) for p in prompts]
+    return prompts
 
 
 async def create_completion(
@@ -46,47 +70,103 @@ async def create_completion(
 ) -> object:
     served = registry.get(body.model)
     body.check_supported()
-    prompts = prompt_token_lists(body, served)
-    longest = max(len(p) for p in prompts)
+    prompts = prompts_of(body, served)
+    longest = max(len(p.tokens) for p in prompts)
     max_tokens = served.max_new_tokens(longest, body.requested_max_tokens(), "prompt")
     grammar = served.output_grammar(body.output_constraint())
     params = body.to_sampling_params(served.client.model.num_vocab, max_tokens, grammar)
-    streams = submit_all(served, prompts, params)
-    response_id, created = new_id("cmpl"), int(time.time())
+    num_candidates = body.num_candidates()
+    streams = submit_all(served, [p.tokens for p in prompts], params, num_candidates)
+    writer = _Writer(body, served.client.model, prompts, new_id("cmpl"), int(time.time()))
     if body.stream:
-        return stream_response(streams, lambda: _chunks(body, streams, response_id, created))
+        return stream_response(streams, lambda: writer.chunks(streams))
     try:
-        result = await until_disconnect(request, collect(streams))
+        results, usage = await until_disconnect(request, collect(streams))
     finally:
         for stream in streams:
             stream.cancel()
-    choices = [
-        CompletionChoice(index=i, text=text, finish_reason=reason)
-        for i, (text, reason) in enumerate(zip(result.texts, result.finish_reasons, strict=True))
-    ]
-    return Completion(
-        id=response_id, created=created, model=body.model, choices=choices, usage=result.usage
-    )
+    choices = []
+    for i, prompt in enumerate(prompts):
+        group = results[i * num_candidates : (i + 1) * num_candidates]
+        if num_candidates > body.n:  # best_of: the n with the highest mean logprob
+            group = sorted(group, key=lambda r: mean_logprob(r.logprobs), reverse=True)
+        for j, result in enumerate(group[: body.n]):
+            choices.append(writer.choice(i * body.n + j, prompt, result))
+    return writer.completion(choices, usage)
 
 
-async def _chunks(
-    body: CompletionRequest, streams: list[RequestStream], response_id: str, created: int
-) -> AsyncIterator[str]:
-    def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
-        return sse(
-            Completion(
-                id=response_id, created=created, model=body.model, choices=choices, usage=usage
-            )
+@dataclass
+class _Writer:
+    """Builds completion objects; echo and logprobs are handled here for both modes."""
+
+    body: CompletionRequest
+    model: LlamaModel
+    prompts: list[Prompt]
+    response_id: str
+    created: int
+
+    def completion(self, choices: list[CompletionChoice], usage: Usage | None) -> Completion:
+        return Completion(
+            id=self.response_id,
+            created=self.created,
+            model=self.body.model,
+            choices=choices,
+            usage=usage,
         )
 
-    usage = Usage()
-    async for index, event in merge(streams):
-        check_event(event)
-        reason = event.finish_reason.value if event.finish_reason else None
-        if reason is not None:
-            add_usage(usage, event)
-        if event.text or reason is not None:
-            yield chunk([CompletionChoice(index=index, text=event.text, finish_reason=reason)])
-    if body.stream_options and body.stream_options.include_usage:
-        yield chunk([], usage)
-    yield DONE
+    def choice(self, index: int, prompt: Prompt, result: ChoiceResult) -> CompletionChoice:
+        text, logprobs = self._render(
+            prompt, result.text, result.logprobs, result.prompt_logprobs, 0, self.body.echo
+        )
+        return CompletionChoice(
+            index=index, text=text, finish_reason=result.finish_reason, logprobs=logprobs
+        )
+
+    def _render(
+        self,
+        prompt: Prompt,
+        text: str,
+        logprobs: list[TokenLogprob],
+        prompt_logprobs: list[TokenLogprob | None] | None,
+        offset: int,
+        is_echo: bool,
+    ) -> tuple[str, CompletionLogprobs | None]:
+        """Text and logprobs of a choice (or of one stream event), led by the prompt's on echo."""
+        out = CompletionLogprobs() if self.body.logprobs is not None else None
+        if is_echo:
+            if out is not None and prompt_logprobs is not None:
+                pairs = list(zip(prompt.tokens, prompt_logprobs, strict=True))
+                extend_completion_logprobs(out, self.model, pairs, offset)
+            text, offset = prompt.text + text, offset + len(prompt.text)
+        if out is not None:
+            generated = [(lp.token, lp) for lp in logprobs]
+            extend_completion_logprobs(out, self.model, generated, offset)
+        return text, out
+
+    async def chunks(self, streams: list[RequestStream]) -> AsyncIterator[str]:
+        usage = Usage()
+        offsets: list[int | None] = [None] * len(streams)  # text sent per choice; None: none
+        async for index, event in merge(streams):
+            check_event(event)
+            reason = event.finish_reason.value if event.finish_reason else None
+            if reason is not None:
+                add_usage(usage, event)
+            is_first, offset = offsets[index] is None, offsets[index] or 0
+            prompt = self.prompts[index // self.body.n]
+            text, logprobs = self._render(
+                prompt,
+                event.text,
+                event.logprobs,
+                event.prompt_logprobs,
+                offset,
+                is_first and self.body.echo,
+            )
+            offsets[index] = offset + len(text)
+            if text or reason is not None or (logprobs is not None and logprobs.tokens):
+                choice = CompletionChoice(
+                    index=index, text=text, finish_reason=reason, logprobs=logprobs
+                )
+                yield sse(self.completion([choice], None))
+        if self.body.stream_options and self.body.stream_options.include_usage:
+            yield sse(self.completion([], usage))
+        yield DONE

@@ -40,15 +40,27 @@ class EngineClient:
 
     def submit(self, prompt: list[int], params: SamplingParams) -> RequestStream:
         """Queue a request now (raising QueueFull at once); iterate the result for events."""
-        if self.num_in_flight >= self.max_in_flight:
+        return self.submit_group(prompt, [params])[0]
+
+    def submit_group(self, prompt: list[int], choices: list[SamplingParams]) -> list[RequestStream]:
+        """One sequence per choice over the same prompt, evaluated once and its KV shared."""
+        if self.num_in_flight + len(choices) > self.max_in_flight:
             raise QueueFull(f"{self.num_in_flight} requests in flight")
-        events: asyncio.Queue[Event] = asyncio.Queue()
-        seq = Sequence(
-            f"req-{next(self._ids)}", prompt, params, events.put_nowait, self.max_seq_len
-        )
-        self.num_in_flight += 1
-        self.engine.submit(seq)
-        return RequestStream(self, seq.request_id, events)
+        streams, seqs = [], []
+        for params in choices:
+            events: asyncio.Queue[Event] = asyncio.Queue()
+            seq = Sequence(
+                f"req-{next(self._ids)}", prompt, params, events.put_nowait, self.max_seq_len
+            )
+            seqs.append(seq)
+            streams.append(RequestStream(self, seq.request_id, events))
+        leader, followers = seqs[0], seqs[1:]
+        leader.followers = followers
+        for follower in followers:
+            follower.leader, follower.is_follower = leader, True
+        self.num_in_flight += len(seqs)
+        self.engine.submit(seqs)
+        return streams
 
     def _done(self, request_id: str, is_finished: bool) -> None:
         self.num_in_flight -= 1

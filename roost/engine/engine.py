@@ -62,8 +62,9 @@ class Engine:
 
     # -- called from other threads ------------------------------------------------------------
 
-    def submit(self, seq: Sequence) -> None:
-        self._inbox.put(seq)
+    def submit(self, seqs: list[Sequence]) -> None:
+        """Queue sequences together (n > 1: a leader and its followers, in that order)."""
+        self._inbox.put(seqs)
 
     def abort(self, request_id: str) -> None:
         self._inbox.put(_Abort(request_id))
@@ -103,17 +104,23 @@ class Engine:
             return True
 
     def _apply(self, item: object) -> None:
-        try:
-            if isinstance(item, _Abort):
+        # one bad message must not end the engine thread, nor leave its request waiting
+        if isinstance(item, _Abort):
+            try:
                 self._abort(item.request_id)
-            elif isinstance(item, Sequence):
-                self._admit(item)
-        except Exception as exc:  # one bad message must not end the engine thread
-            log.exception("engine could not apply %r", item)
-            if isinstance(item, Sequence):  # and its request must not wait forever
-                self._sink([(item, item.finish(FinishReason.ERROR, [], error=str(exc)))])
+            except Exception:
+                log.exception("engine could not abort %s", item.request_id)
+            return
+        for seq in item if isinstance(item, list) else []:
+            try:
+                self._admit(seq)
+            except Exception as exc:
+                log.exception("engine could not admit %s", seq.request_id)
+                self._sink([(seq, seq.finish(FinishReason.ERROR, [], error=str(exc)))])
 
     def _admit(self, seq: Sequence) -> None:
+        if seq.leader is not None and seq.leader.status is SeqStatus.FINISHED:
+            seq.leader = None  # the leader failed or was aborted: compute the prompt alone
         # penalties cover every generated token: the window is the whole context
         params = seq.params
         # min_tokens: end tokens cannot be sampled until then (the ban is lifted in _step)
@@ -134,9 +141,9 @@ class Engine:
     def _step(self, plan: Plan) -> None:
         samples = self.runner.execute(plan)
         events = []
-        for seq, token in samples:
+        for seq, token, logprob in ((s.seq, s.token, s.logprob) for s in samples):
             piece = self.model.token_bytes(token, special=not seq.params.skip_special_tokens)
-            event = seq.append_token(token, piece, self.model.is_eog(token))
+            event = seq.append_token(token, piece, self.model.is_eog(token), logprob)
             if seq.sampler is not None and seq.num_output >= seq.params.min_tokens:
                 seq.sampler.lift_ban()
             if seq.status is SeqStatus.FINISHED:

@@ -20,3 +20,6 @@ class SamplingParams:
     min_tokens: int = 0  # end tokens and stop_token_ids are banned until this many tokens
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # log probabilities (raw logits): None = not wanted, N = the chosen token and the top N
+    num_logprobs: int | None = None
+    num_prompt_logprobs: int | None = None  # also for every prompt token (echo): no prefix reuse

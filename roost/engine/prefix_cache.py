@@ -52,13 +52,17 @@ class SlotTable:
     def has_idle(self) -> bool:
         return any(slot.is_idle for slot in self.slots)
 
-    def acquire(self, owner: str, tokens: list[int]) -> Acquired | None:
+    def acquire(self, owner: str, tokens: list[int], reuse: bool = True) -> Acquired | None:
+        """Claim an idle slot; without `reuse` its cache is dropped, so take the least useful."""
         idle = [slot for slot in self.slots if slot.is_idle]
         if not idle:
             return None
-        best = max(idle, key=lambda s: (common_prefix_len(s.tokens, tokens), -s.last_used))
-        # at least one token must be decoded again: its logits start generation
-        num_reused = min(common_prefix_len(best.tokens, tokens), len(tokens) - 1)
+        if reuse:
+            best = max(idle, key=lambda s: (common_prefix_len(s.tokens, tokens), -s.last_used))
+            # at least one token must be decoded again: its logits start generation
+            num_reused = min(common_prefix_len(best.tokens, tokens), len(tokens) - 1)
+        else:
+            best, num_reused = min(idle, key=lambda s: (len(s.tokens), s.last_used)), 0
         best.owner = owner
         best.tokens = best.tokens[:num_reused]
         return Acquired(best, num_reused)

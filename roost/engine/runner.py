@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from roost.engine.scheduler import Plan
+from dataclasses import dataclass
+
+from roost.engine.logprobs import TokenLogprob, token_logprob
+from roost.engine.scheduler import Chunk, Plan
 from roost.engine.sequence import Sequence
 from roost.llama.batch import Batch
 from roost.llama.context import LlamaContext
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    seq: Sequence
+    token: int
+    logprob: TokenLogprob | None
 
 
 class Runner:
@@ -14,32 +24,78 @@ class Runner:
     def __init__(self, ctx: LlamaContext, num_batch: int) -> None:
         self.ctx = ctx
         self.batch = Batch(num_batch)
+        self.num_decoded = 0  # tokens run through llama_decode so far (prompt sharing shows here)
 
-    def execute(self, plan: Plan) -> list[tuple[Sequence, int]]:
-        """Run one step; returns (sequence, sampled token) for every sequence that sampled."""
+    def execute(self, plan: Plan) -> list[Sample]:
+        """Run one step; returns what every sequence that reached its end of batch sampled."""
         for seq_id, keep in plan.trims:
             self.ctx.seq_remove(seq_id, keep, -1)
         if not plan.chunks:
             return []
-        batch = self.batch
-        batch.clear()
-        rows: list[tuple[Sequence, int]] = []
-        for chunk in plan.chunks:
+        self.batch.clear()
+        rows = [self._fill(chunk) for chunk in plan.chunks]
+        self.ctx.decode(self.batch)
+        self.num_decoded += self.batch.num_tokens
+        samples: list[Sample] = []
+        for chunk, first_row in zip(plan.chunks, rows, strict=True):
             seq = chunk.seq
             assert seq.slot is not None
-            seq_id, tokens, end = seq.slot.seq_id, seq.tokens, chunk.start + chunk.count
-            for pos in range(chunk.start, end - 1):
-                batch.add(tokens[pos], pos, seq_id, False)
-            last = batch.add(tokens[end - 1], end - 1, seq_id, chunk.wants_logits)
-            if chunk.wants_logits:
-                rows.append((seq, last))
-        self.ctx.decode(batch)
-        for chunk in plan.chunks:  # the KV now holds these tokens
-            seq = chunk.seq
-            assert seq.slot is not None
+            if seq.needs_prompt_logits:
+                self._prompt_logprobs(chunk, first_row)
             seq.slot.tokens.extend(seq.tokens[chunk.start : chunk.start + chunk.count])
-            seq.num_computed += chunk.count
-        return [(seq, seq.sampler.sample(self.ctx, row)) for seq, row in rows if seq.sampler]
+            seq.num_computed += chunk.count  # the KV now holds these tokens
+            if chunk.wants_logits and seq.sampler is not None:
+                last = first_row + chunk.count - 1
+                samples.append(self._sample(seq, last))
+                samples += [self._sample(f, last) for f in self._fork(seq)]
+        return samples
+
+    def _fill(self, chunk: Chunk) -> int:
+        """Add a chunk's tokens to the batch; returns the batch row of its first token."""
+        seq = chunk.seq
+        assert seq.slot is not None
+        seq_id, tokens, end = seq.slot.seq_id, seq.tokens, chunk.start + chunk.count
+        every_row = seq.needs_prompt_logits
+        first = self.batch.num_tokens
+        for pos in range(chunk.start, end - 1):
+            self.batch.add(tokens[pos], pos, seq_id, every_row)
+        self.batch.add(tokens[end - 1], end - 1, seq_id, every_row or chunk.wants_logits)
+        return first
+
+    def _prompt_logprobs(self, chunk: Chunk, first_row: int) -> None:
+        """Row i's logits score the token at position i + 1 (the first token has none)."""
+        seq = chunk.seq
+        done = seq.prompt_logprobs
+        assert done is not None and seq.params.num_prompt_logprobs is not None
+        for pos in range(chunk.start, chunk.start + chunk.count):
+            if pos + 1 == len(done) < seq.num_prompt:  # a recomputed position is not scored twice
+                logits = self.ctx.logits(first_row + pos - chunk.start)
+                done.append(
+                    token_logprob(logits, seq.tokens[pos + 1], seq.params.num_prompt_logprobs)
+                )
+
+    def _sample(self, seq: Sequence, row: int) -> Sample:
+        assert seq.sampler is not None
+        token = seq.sampler.sample(self.ctx, row)
+        num_top = seq.params.num_logprobs
+        logprob = None if num_top is None else token_logprob(self.ctx.logits(row), token, num_top)
+        return Sample(seq, token, logprob)
+
+    def _fork(self, leader: Sequence) -> list[Sequence]:
+        """n > 1: followers holding a slot copy the leader's prompt KV and sample its logits."""
+        forked = []
+        for follower in leader.followers:
+            follower.leader = None
+            if follower.slot is None or follower.sampler is None:
+                continue  # not admitted yet: it will compute the prompt itself
+            assert leader.slot is not None
+            self.ctx.seq_copy(leader.slot.seq_id, follower.slot.seq_id)
+            follower.slot.tokens = list(leader.slot.tokens)
+            follower.num_computed = len(follower.slot.tokens)
+            follower.prompt_logprobs = leader.prompt_logprobs
+            forked.append(follower)
+        leader.followers = []
+        return forked
 
     def close(self) -> None:
         self.batch.close()

@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 from roost.engine.prefix_cache import SlotTable
 from roost.engine.sequence import SeqStatus, Sequence
 
+# prompt chunks whose every row keeps its logits (echo with logprobs) stay small: llama.cpp
+# sizes its output buffer to the largest such batch (rows times vocabulary floats)
+PROMPT_LOGITS_CHUNK = 128
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -55,6 +59,8 @@ class Scheduler:
         if seq.slot is not None:
             self.slots.release(seq.slot, seq.slot.tokens)
             seq.slot = None
+        seq.unlink_followers()
+        seq.leader = None
 
     def find(self, request_id: str) -> Sequence | None:
         for seq in (*self.running, *self.waiting):
@@ -70,9 +76,11 @@ class Scheduler:
         # decoding sequences first (1 token each, latency matters), then prompts FCFS
         ordered = sorted(self.running, key=lambda s: s.status is not SeqStatus.DECODE)
         for seq in ordered:
-            if seq.slot is None or budget == 0:
-                continue  # preempted earlier in this loop, or the batch is full
+            if seq.slot is None or budget == 0 or seq.is_waiting_for_leader:
+                continue  # preempted earlier in this loop, the batch is full, or n > 1
             want = min(seq.num_uncomputed, budget)
+            if seq.needs_prompt_logits:
+                want = min(want, PROMPT_LOGITS_CHUNK)
             if want > free:
                 # only a generating sequence may preempt; a prompt waits for room instead
                 may_preempt = seq.status is SeqStatus.DECODE
@@ -88,7 +96,9 @@ class Scheduler:
     def _admit(self, plan: Plan) -> None:
         while self.waiting:
             seq = self.waiting[0]
-            acquired = self.slots.acquire(seq.request_id, seq.tokens)
+            # a follower's KV will be the leader's copy; prompt logprobs need every position
+            reuse = not (seq.is_waiting_for_leader or seq.needs_prompt_logits)
+            acquired = self.slots.acquire(seq.request_id, seq.tokens, reuse)
             if acquired is None:
                 return
             self.waiting.popleft()
@@ -112,6 +122,7 @@ class Scheduler:
         victims = [s for s in self.running if s is not keep and id(s) not in planned]
         while may_preempt and freed < needed and victims:
             victim = victims.pop()
+            victim.unlink_followers()
             self.running.remove(victim)
             assert victim.slot is not None
             freed += len(victim.slot.tokens)

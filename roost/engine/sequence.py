@@ -7,6 +7,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from roost.engine.logprobs import TokenLogprob
 from roost.engine.params import SamplingParams
 from roost.engine.prefix_cache import Slot
 from roost.llama.sampler import Sampler
@@ -37,6 +38,9 @@ class Event:
     num_cached_tokens: int = 0
     num_output_tokens: int = 0
     error: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token that has text
+    # with the first event of a request that asked for them; the first prompt token has none
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 class StopMatcher:
@@ -99,6 +103,14 @@ class Sequence:
         self.stop = StopMatcher(params.stop, params.include_stop_str_in_output)
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.finish_reason: FinishReason | None = None
+        # n > 1: followers wait for the leader's prompt, then copy its KV and sample its logits
+        self.leader: Sequence | None = None
+        self.followers: list[Sequence] = []
+        self.is_follower = False  # its prompt is the leader's: usage counts it there
+        self.prompt_logprobs: list[TokenLogprob | None] | None = None
+        if params.num_prompt_logprobs is not None:
+            self.prompt_logprobs = [None]
+        self._is_first_event = True
 
     @property
     def num_output(self) -> int:
@@ -108,21 +120,48 @@ class Sequence:
     def num_uncomputed(self) -> int:
         return len(self.tokens) - self.num_computed
 
-    def append_token(self, token: int, piece: bytes, is_eog: bool) -> Event:
+    @property
+    def is_waiting_for_leader(self) -> bool:
+        return self.leader is not None
+
+    @property
+    def needs_prompt_logits(self) -> bool:
+        """Every prompt position's logits are wanted (echo with logprobs)."""
+        done = self.prompt_logprobs
+        return done is not None and len(done) < self.num_prompt
+
+    def unlink_followers(self) -> None:
+        """The leader will not share its prompt: followers compute their own."""
+        for follower in self.followers:
+            follower.leader = None
+        self.followers = []
+
+    def append_token(
+        self, token: int, piece: bytes, is_eog: bool, logprob: TokenLogprob | None = None
+    ) -> Event:
         """Record a sampled token; returns the event to send (with finish when it ends)."""
         self.tokens.append(token)
         params = self.params
         if (is_eog and not params.ignore_eos) or token in params.stop_token_ids:
-            return self.finish(FinishReason.STOP, [token])
+            return self._first(self.finish(FinishReason.STOP, [token]))
+        logprobs = [logprob] if logprob is not None else []
         text, is_stopped = self.stop.feed(self._utf8.decode(piece))
         if is_stopped:
-            return self.finish(FinishReason.STOP, [token], text, by_string=True)
-        max_tokens = self.params.max_tokens
-        if (max_tokens is not None and self.num_output >= max_tokens) or len(
+            event = self.finish(FinishReason.STOP, [token], text, by_string=True)
+        elif (params.max_tokens is not None and self.num_output >= params.max_tokens) or len(
             self.tokens
         ) >= self.max_total:
-            return self.finish(FinishReason.LENGTH, [token], text)
-        return Event(text=text, token_ids=[token])
+            event = self.finish(FinishReason.LENGTH, [token], text)
+        else:
+            event = Event(text=text, token_ids=[token])
+        event.logprobs = logprobs
+        return self._first(event)
+
+    def _first(self, event: Event) -> Event:
+        if self._is_first_event:
+            self._is_first_event = False
+            event.prompt_logprobs = self.prompt_logprobs
+        return event
 
     def finish(
         self,
@@ -142,8 +181,8 @@ class Sequence:
             text=text,
             token_ids=token_ids,
             finish_reason=reason,
-            num_prompt_tokens=self.num_prompt,
-            num_cached_tokens=self.num_cached,
+            num_prompt_tokens=0 if self.is_follower else self.num_prompt,
+            num_cached_tokens=0 if self.is_follower else self.num_cached,
             num_output_tokens=self.num_output,
             error=error,
         )

@@ -1,0 +1,58 @@
+"""The engine's token log probabilities in OpenAI's chat and completions shapes."""
+
+from __future__ import annotations
+
+from roost.api.protocol import ChatTokenLogprob, CompletionLogprobs, TopLogprob
+from roost.engine.logprobs import TokenLogprob
+from roost.llama.model import LlamaModel
+
+
+def _token(model: LlamaModel, token: int) -> tuple[str, list[int]]:
+    # special tokens are shown (an end-of-turn alternative is worth seeing); a token holding
+    # part of a UTF-8 character shows U+FFFD, its exact bytes are in `bytes`
+    raw = model.token_bytes(token, special=True)
+    return raw.decode("utf-8", errors="replace"), list(raw)
+
+
+def chat_logprobs(model: LlamaModel, logprobs: list[TokenLogprob]) -> list[ChatTokenLogprob]:
+    entries = []
+    for lp in logprobs:
+        text, raw = _token(model, lp.token)
+        top = [TopLogprob(token=t, logprob=v, bytes=b) for t, b, v in _named(model, lp.top)]
+        entries.append(
+            ChatTokenLogprob(token=text, logprob=lp.logprob, bytes=raw, top_logprobs=top)
+        )
+    return entries
+
+
+def _named(
+    model: LlamaModel, top: tuple[tuple[int, float], ...]
+) -> list[tuple[str, list[int], float]]:
+    return [(*_token(model, token), value) for token, value in top]
+
+
+def extend_completion_logprobs(
+    out: CompletionLogprobs,
+    model: LlamaModel,
+    tokens: list[tuple[int, TokenLogprob | None]],
+    offset: int,
+) -> int:
+    """Append (token, logprob) pairs in the legacy completions shape; returns the next offset.
+
+    As OpenAI did, `top_logprobs` holds the top N and always the chosen token (up to N + 1);
+    the first prompt token has no logprob: None.
+    """
+    for token, lp in tokens:
+        text, _ = _token(model, token)
+        out.tokens.append(text)
+        out.text_offset.append(offset)
+        offset += len(text)
+        if lp is None:
+            out.token_logprobs.append(None)
+            out.top_logprobs.append(None)
+            continue
+        top = {name: value for name, _, value in _named(model, lp.top)}
+        top.setdefault(text, lp.logprob)
+        out.token_logprobs.append(lp.logprob)
+        out.top_logprobs.append(top)
+    return offset
