@@ -60,6 +60,23 @@ def test_json_object_output_is_a_json_object(client: openai.OpenAI) -> None:
     assert stopped >= 2
 
 
+def test_response_format_on_completions(client: openai.OpenAI) -> None:
+    # the parity table asks for JSON mode on /v1/completions too, as vLLM serves it
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "flag", "schema": schema}}
+    for seed in range(3):
+        out = client.completions.create(
+            model=MODEL,
+            prompt="Answer in JSON:",
+            max_tokens=60,
+            seed=seed,
+            temperature=1.0,
+            extra_body={"response_format": fmt},
+        )
+        assert out.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(out.choices[0].text), schema)
+
+
 def test_guided_choice_and_regex_on_completions(client: openai.OpenAI) -> None:
     choices = ["positive", "negative", "neutral"]
     for seed in range(4):

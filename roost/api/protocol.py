@@ -32,6 +32,18 @@ class StreamOptions(Request):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(Request):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class SamplingRequest(Request):
     """Fields shared by chat and completions; `to_sampling_params` is the one conversion."""
 
@@ -50,6 +62,7 @@ class SamplingRequest(Request):
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     n: int = Field(default=1, ge=1, le=128)
+    response_format: ResponseFormat | None = None
     # vLLM's structured-output extras
     guided_json: dict[str, Any] | str | None = None
     guided_choice: list[str] | None = Field(default=None, min_length=1)
@@ -90,11 +103,20 @@ class SamplingRequest(Request):
         return kind, value, param
 
     def _constraints(self) -> list[tuple[ConstraintKind, Any, str]]:
-        return [
+        found = [
             (ConstraintKind.JSON_SCHEMA, self.guided_json, "guided_json"),
             (ConstraintKind.CHOICE, self.guided_choice, "guided_choice"),
             (ConstraintKind.REGEX, self.guided_regex, "guided_regex"),
         ]
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return found
+        if fmt.type == "json_object":
+            return [(ConstraintKind.JSON_OBJECT, True, "response_format"), *found]
+        if fmt.json_schema is None:
+            raise InvalidRequest("json_schema is required", param="response_format.json_schema")
+        schema = fmt.json_schema.schema_
+        return [(ConstraintKind.JSON_SCHEMA, schema, "response_format.json_schema.schema"), *found]
 
     def check_supported(self) -> None:
         for name, is_set in self.unsupported().items():
@@ -212,18 +234,6 @@ def _checked_schema(value: Any, param: str) -> dict[str, Any]:
     return value
 
 
-class JsonSchemaFormat(Request):
-    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
-    description: str | None = None
-    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
-    strict: bool | None = None
-
-
-class ResponseFormat(Request):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchemaFormat | None = None
-
-
 class FunctionDefinition(Request):
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
@@ -250,7 +260,6 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    response_format: ResponseFormat | None = None
     tools: list[ToolDefinition] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
@@ -264,17 +273,6 @@ class ChatCompletionRequest(SamplingRequest):
                 raise InvalidRequest("top_logprobs requires logprobs: true", param="top_logprobs")
             return None, None
         return self.top_logprobs or 0, None
-
-    def _constraints(self) -> list[tuple[ConstraintKind, Any, str]]:
-        fmt, found = self.response_format, super()._constraints()
-        if fmt is None or fmt.type == "text":
-            return found
-        if fmt.type == "json_object":
-            return [(ConstraintKind.JSON_OBJECT, True, "response_format"), *found]
-        if fmt.json_schema is None:
-            raise InvalidRequest("json_schema is required", param="response_format.json_schema")
-        schema = fmt.json_schema.schema_
-        return [(ConstraintKind.JSON_SCHEMA, schema, "response_format.json_schema.schema"), *found]
 
     def tool_specs(self) -> list[ToolSpec]:
         """The client's tools, each schema checked (an invalid one is a 400 naming it)."""
