@@ -8,12 +8,14 @@ import gc
 from roost.config import load_settings
 from roost.engine.client import EngineClient
 from roost.engine.params import SamplingParams
+from roost.llama.model import LlamaModel
 from roost.llama.sampler import SamplerSpec
 
 
 async def _scenario() -> tuple[int, int, list[int]]:
     config = load_settings(None, parallel=1, ctx_size=512, threads=2).resolved_models()[0]
-    client = await asyncio.to_thread(EngineClient, config, asyncio.get_running_loop())
+    model = await asyncio.to_thread(LlamaModel, config.path)
+    client = await asyncio.to_thread(EngineClient, config, model, asyncio.get_running_loop())
     try:
         params = SamplingParams(max_tokens=300, sampler=SamplerSpec(temperature=0))
         prompt = client.model.tokenize("Once upon a time")
@@ -26,6 +28,7 @@ async def _scenario() -> tuple[int, int, list[int]]:
         return after_drop, client.num_in_flight, [len(e.token_ids) for e in events]
     finally:
         await asyncio.to_thread(client.close)
+        model.close()
 
 
 def test_dropped_stream_frees_its_request() -> None:
@@ -36,7 +39,8 @@ def test_dropped_stream_frees_its_request() -> None:
 
 async def _failure_scenario() -> tuple[list[str | None], int]:
     config = load_settings(None, parallel=1, ctx_size=512, threads=2).resolved_models()[0]
-    client = await asyncio.to_thread(EngineClient, config, asyncio.get_running_loop())
+    model = await asyncio.to_thread(LlamaModel, config.path)
+    client = await asyncio.to_thread(EngineClient, config, model, asyncio.get_running_loop())
     try:
         prompt = client.model.tokenize("Hello")
         broken = SamplingParams(max_tokens=5, sampler=SamplerSpec(grammar="root ::= ( unclosed"))
@@ -46,6 +50,7 @@ async def _failure_scenario() -> tuple[list[str | None], int]:
         return [e.error for e in failed], sum(len(e.token_ids) for e in served)
     finally:
         await asyncio.to_thread(client.close)
+        model.close()
 
 
 def test_a_failing_request_does_not_stop_the_engine() -> None:

@@ -74,7 +74,7 @@ async def get_model(model_id: str, registry: Registry) -> ModelCard:
 
 
 def _card(registry: ModelRegistry, name: str) -> ModelCard:
-    return ModelCard(id=name, created=registry.models[name].client.created)
+    return ModelCard(id=name, created=registry.models[name].created)
 
 
 @v1.post("/chat/completions", response_model=None)
@@ -101,10 +101,10 @@ async def tokenize(body: TokenizeRequest, registry: Registry) -> TokenizeRespons
             messages.template_messages(), add_generation_prompt=body.add_generation_prompt
         )
     else:
-        tokens = served.client.model.tokenize(
+        tokens = served.model.tokenize(
             body.prompt or "", add_special=body.add_special_tokens, parse_special=True
         )
-    return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=served.max_seq_len)
+    return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=served.max_model_len)
 
 
 @tokenizer.post("/detokenize")
@@ -112,7 +112,7 @@ async def detokenize(body: DetokenizeRequest, registry: Registry) -> DetokenizeR
     served = registry.get(body.model)
     if body.tokens:  # an empty list detokenizes to ""
         served.check_tokens(body.tokens, "tokens")
-    return DetokenizeResponse(prompt=served.client.model.detokenize(body.tokens, special=True))
+    return DetokenizeResponse(prompt=served.model.detokenize(body.tokens, special=True))
 
 
 @v1.post("/completions", response_model=None)
