@@ -14,6 +14,7 @@ from roost.api.protocol import (
     CompletionRequest,
     DetokenizeRequest,
     DetokenizeResponse,
+    EmbeddingRequest,
     ModelCard,
     ModelList,
     TokenizeRequest,
@@ -22,6 +23,7 @@ from roost.api.protocol import (
 from roost.api.registry import LoadStatus, ModelRegistry
 from roost.api.serving_chat import create_chat_completion
 from roost.api.serving_completions import create_completion
+from roost.api.serving_embeddings import create_embeddings
 
 
 def registry_of(request: Request) -> ModelRegistry:
@@ -118,3 +120,8 @@ async def detokenize(body: DetokenizeRequest, registry: Registry) -> DetokenizeR
 @v1.post("/completions", response_model=None)
 async def completions(body: CompletionRequest, registry: Registry, request: Request) -> object:
     return await create_completion(body, registry, request)
+
+
+@v1.post("/embeddings", response_model=None)
+async def embeddings(body: EmbeddingRequest, registry: Registry, request: Request) -> Response:
+    return await create_embeddings(body, registry, request)
