@@ -53,6 +53,7 @@ class ServedModel:
 
     @property
     def embedding_client(self) -> EmbeddingClient:
+        """The embedder; a 400 naming `model` when embeddings are off for this model."""
         if self.embedder is None:
             raise InvalidRequest(
                 f"The model '{self.name}' does not serve embeddings", param="model"

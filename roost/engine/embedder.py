@@ -117,11 +117,16 @@ class Embedder:
                 if item is _STOP:
                     return False
                 if isinstance(item, EmbeddingJob):
-                    item.vectors = np.empty((len(item.inputs), self.ctx.num_embd), np.float32)
-                    self._pending.extend((item, i) for i in range(len(item.inputs)))
+                    self._admit(item)
                 item = self._inbox.get_nowait()
         except queue.Empty:
             return True
+
+    def _admit(self, job: EmbeddingJob) -> None:
+        job.vectors = np.empty((len(job.inputs), self.ctx.num_embd), np.float32)
+        if not job.inputs:  # nothing to decode: answer now rather than never
+            self._sink([job])
+        self._pending.extend((job, i) for i in range(len(job.inputs)))
 
     def _run(self, batch: list[WorkItem]) -> None:
         jobs = list({id(job): job for job, _ in batch}.values())

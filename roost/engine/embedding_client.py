@@ -20,7 +20,9 @@ class EmbeddingFailed(RuntimeError):
 class EmbeddingClient:
     """Lives on the event loop; the embedder thread hands back finished jobs in one call."""
 
-    def __init__(self, config: EngineConfig, model: LlamaModel, loop: asyncio.AbstractEventLoop):
+    def __init__(
+        self, config: EngineConfig, model: LlamaModel, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.config = config
         self._loop = loop
         self.num_in_flight = 0
