@@ -39,6 +39,9 @@ class ModelConfig(BaseModel):
     max_waiting: int | None = Field(default=None, ge=0)
     kv_unified: bool | None = None
     chat_template: str | None = None
+    generate: bool | None = None  # False: embeddings only (no generation context at all)
+    embeddings: bool | None = None
+    embedding_ctx_size: int | None = Field(default=None, ge=16)
 
 
 class EngineConfig(BaseModel):
@@ -53,6 +56,15 @@ class EngineConfig(BaseModel):
     max_waiting: int
     kv_unified: bool
     chat_template: str | None
+    generate: bool = True  # chat and completions
+    embeddings: bool = True  # /v1/embeddings, from a context of its own
+    embedding_ctx_size: int = 2048  # longest embedding input, before the training-context cap
+
+    @model_validator(mode="after")
+    def _serves_something(self) -> EngineConfig:
+        if not (self.generate or self.embeddings):
+            raise ValueError(f"model {self.name!r} serves neither generation nor embeddings")
+        return self
 
 
 class Settings(BaseSettings):
@@ -83,6 +95,18 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=512, ge=16, description="max tokens per decode step")
     max_waiting: int = Field(
         default=256, ge=0, description="queued requests beyond --parallel before 503"
+    )
+    generate: bool = Field(
+        default=True,
+        description="serve chat and completions; --no-generate serves embeddings only",
+    )
+    embeddings: bool = Field(
+        default=True, description="serve /v1/embeddings (a second, embedding-mode context)"
+    )
+    embedding_ctx_size: int = Field(
+        default=2048,
+        ge=16,
+        description="longest embedding input in tokens (capped at the model's training context)",
     )
     log_level: str = Field(default="info", description="logging level")
     tools: list[str] = Field(
@@ -122,6 +146,9 @@ class Settings(BaseSettings):
             max_waiting=self.max_waiting if entry.max_waiting is None else entry.max_waiting,
             kv_unified=self.kv_unified if entry.kv_unified is None else entry.kv_unified,
             chat_template=entry.chat_template,
+            generate=self.generate if entry.generate is None else entry.generate,
+            embeddings=self.embeddings if entry.embeddings is None else entry.embeddings,
+            embedding_ctx_size=entry.embedding_ctx_size or self.embedding_ctx_size,
         )
 
 

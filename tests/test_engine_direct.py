@@ -10,12 +10,14 @@ import pytest
 from roost.config import load_settings
 from roost.engine.client import EngineClient
 from roost.engine.params import SamplingParams
+from roost.llama.model import LlamaModel
 from roost.llama.sampler import SamplerSpec
 
 
 async def _scenario() -> tuple[int, int, list[int]]:
     config = load_settings(None, parallel=1, ctx_size=512, threads=2).resolved_models()[0]
-    client = await asyncio.to_thread(EngineClient, config, asyncio.get_running_loop())
+    model = await asyncio.to_thread(LlamaModel, config.path)
+    client = await asyncio.to_thread(EngineClient, config, model, asyncio.get_running_loop())
     try:
         params = SamplingParams(max_tokens=300, sampler=SamplerSpec(temperature=0))
         prompt = client.model.tokenize("Once upon a time")
@@ -28,6 +30,7 @@ async def _scenario() -> tuple[int, int, list[int]]:
         return after_drop, client.num_in_flight, [len(e.token_ids) for e in events]
     finally:
         await asyncio.to_thread(client.close)
+        model.close()
 
 
 def test_dropped_stream_frees_its_request() -> None:
@@ -38,7 +41,8 @@ def test_dropped_stream_frees_its_request() -> None:
 
 async def _failure_scenario() -> tuple[list[str | None], int]:
     config = load_settings(None, parallel=1, ctx_size=512, threads=2).resolved_models()[0]
-    client = await asyncio.to_thread(EngineClient, config, asyncio.get_running_loop())
+    model = await asyncio.to_thread(LlamaModel, config.path)
+    client = await asyncio.to_thread(EngineClient, config, model, asyncio.get_running_loop())
     try:
         prompt = client.model.tokenize("Hello")
         broken = SamplingParams(max_tokens=5, sampler=SamplerSpec(grammar="root ::= ( unclosed"))
@@ -48,6 +52,7 @@ async def _failure_scenario() -> tuple[list[str | None], int]:
         return [e.error for e in failed], sum(len(e.token_ids) for e in served)
     finally:
         await asyncio.to_thread(client.close)
+        model.close()
 
 
 def test_a_failing_request_does_not_stop_the_engine() -> None:
@@ -62,7 +67,8 @@ async def _group_scenario(parallel: int, n: int, kv_unified: bool = False) -> tu
         None, parallel=parallel, ctx_size=2048, threads=2, kv_unified=kv_unified
     )
     config = settings.resolved_models()[0]
-    client = await asyncio.to_thread(EngineClient, config, asyncio.get_running_loop())
+    model = await asyncio.to_thread(LlamaModel, config.path)
+    client = await asyncio.to_thread(EngineClient, config, model, asyncio.get_running_loop())
     try:
         prompt = client.model.tokenize("Tell me everything about the ocean. " * 12)
         params = SamplingParams(max_tokens=4, sampler=SamplerSpec(temperature=0))
@@ -75,6 +81,7 @@ async def _group_scenario(parallel: int, n: int, kv_unified: bool = False) -> tu
         return client.engine.runner.num_decoded - before - n * 4, list(texts)
     finally:
         await asyncio.to_thread(client.close)
+        model.close()
 
 
 @pytest.mark.parametrize("kv_unified", [False, True])

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from roost.api.errors import (
@@ -18,7 +19,9 @@ from roost.chat.constraints import ConstraintKind, output_grammar
 from roost.chat.template import ChatTemplate, TemplateError
 from roost.config import EngineConfig
 from roost.engine.client import EngineClient
+from roost.engine.embedding_client import EmbeddingClient
 from roost.llama.grammar import GrammarError, check_grammar
+from roost.llama.model import LlamaModel
 
 log = logging.getLogger("roost.api")
 
@@ -32,20 +35,49 @@ class LoadStatus(enum.Enum):
 @dataclass
 class ServedModel:
     name: str
-    client: EngineClient
+    model: LlamaModel  # shared by both contexts; freed after them
     template: ChatTemplate
+    engine: EngineClient | None = None  # None: the model serves embeddings only
+    embedder: EmbeddingClient | None = None  # None: embeddings are off for this model
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def client(self) -> EngineClient:
+        """The generation engine; a 400 naming `model` when the model serves embeddings only."""
+        if self.engine is None:
+            raise InvalidRequest(
+                f"The model '{self.name}' serves embeddings only: use /v1/embeddings",
+                param="model",
+            )
+        return self.engine
+
+    @property
+    def embedding_client(self) -> EmbeddingClient:
+        """The embedder; a 400 naming `model` when embeddings are off for this model."""
+        if self.embedder is None:
+            raise InvalidRequest(
+                f"The model '{self.name}' does not serve embeddings", param="model"
+            )
+        return self.embedder
 
     @property
     def max_seq_len(self) -> int:
         """Prompt plus output tokens one request may use."""
         return self.client.max_seq_len
 
+    @property
+    def max_model_len(self) -> int:
+        """Tokens per request as /tokenize reports it (per input if the model only embeds)."""
+        if self.engine is None:
+            return self.embedding_client.max_input_len
+        return self.engine.max_seq_len
+
     def chat_tokens(self, messages: list[dict[str, Any]], **extra: Any) -> list[int]:
         try:
             text = self.template.render(messages, **extra)
         except TemplateError as exc:
             raise InvalidRequest(str(exc), param="messages") from exc
-        model = self.client.model
+        model = self.model
         # a template that writes the BOS text itself must not get a second one
         add_bos = model.adds_bos and not (
             self.template.bos_token and text.startswith(self.template.bos_token)
@@ -53,7 +85,7 @@ class ServedModel:
         return model.tokenize(text, add_special=add_bos, parse_special=True)
 
     def text_tokens(self, text: str) -> list[int]:
-        return self.client.model.tokenize(text, add_special=True, parse_special=True)
+        return self.model.tokenize(text, add_special=True, parse_special=True)
 
     def output_grammar(self, constraint: tuple[ConstraintKind, Any, str] | None) -> str | None:
         """The grammar for a request's output constraint, checked by llama.cpp (400 if not)."""
@@ -62,13 +94,13 @@ class ServedModel:
         kind, value, param = constraint
         try:
             grammar = output_grammar(kind, value)
-            check_grammar(self.client.model, grammar)
+            check_grammar(self.model, grammar)
         except GrammarError as exc:
             raise InvalidRequest(f"{exc}; this constraint is not supported", param=param) from exc
         return grammar
 
     def check_tokens(self, tokens: list[int], param: str) -> None:
-        num_vocab = self.client.model.num_vocab
+        num_vocab = self.model.num_vocab
         if not tokens:
             raise InvalidRequest("the prompt is empty", param=param)
         if any(not 0 <= t < num_vocab for t in tokens):
@@ -99,15 +131,14 @@ class ModelRegistry:
         loop = asyncio.get_running_loop()
         try:
             for config in self.configs:
-                client = await asyncio.to_thread(EngineClient, config, loop)
-                self.models[config.name] = ServedModel(
-                    config.name, client, _template(client, config)
-                )
+                served = await asyncio.to_thread(_load_model, config, loop)
+                self.models[config.name] = served
                 log.info(
-                    "model %s ready (%s, %d tokens per request)",
+                    "model %s ready (%s, %d tokens per request%s)",
                     config.name,
                     config.path,
-                    client.max_seq_len,
+                    served.max_model_len,
+                    "" if served.engine else ", embeddings only",
                 )
             self.status = LoadStatus.READY
         except Exception:
@@ -123,16 +154,54 @@ class ModelRegistry:
             raise ModelNotFound(name) from None
 
     def is_generating(self) -> bool:
-        return any(m.client.num_in_flight for m in self.models.values())
+        """Any request in flight, generation or embeddings."""
+        return any(
+            (m.engine and m.engine.num_in_flight) or (m.embedder and m.embedder.num_in_flight)
+            for m in self.models.values()
+        )
 
     def close(self) -> None:
-        for model in self.models.values():
-            model.client.close()
+        for served in self.models.values():
+            _close(served)
         self.models.clear()
 
 
-def _template(client: EngineClient, config: EngineConfig) -> ChatTemplate:
-    model = client.model
+def _load_model(config: EngineConfig, loop: asyncio.AbstractEventLoop) -> ServedModel:
+    """Load the GGUF once, then the contexts it serves (blocking: run it off the loop)."""
+    model = LlamaModel(config.path)
+    served: ServedModel | None = None
+    try:
+        served = ServedModel(config.name, model, _template(model, config))
+        if config.generate:
+            served.engine = EngineClient(config, served.model, loop)
+        if config.embeddings:
+            served.embedder = EmbeddingClient(config, served.model, loop)
+            log.info(
+                "model %s embeddings: %d dimensions, %s pooling, inputs up to %d tokens",
+                config.name,
+                served.embedder.num_embd,
+                served.embedder.pooling.name.lower(),
+                served.embedder.max_input_len,
+            )
+    except BaseException:
+        if served is None:
+            model.close()
+        else:
+            _close(served)
+        raise
+    return served
+
+
+def _close(served: ServedModel) -> None:
+    # both contexts use the model: free them first
+    if served.engine is not None:
+        served.engine.close()
+    if served.embedder is not None:
+        served.embedder.close()
+    served.model.close()
+
+
+def _template(model: LlamaModel, config: EngineConfig) -> ChatTemplate:
     bos = model.token_text(model.bos_id) if model.bos_id >= 0 else ""
     eos = model.token_text(model.eos_id) if model.eos_id >= 0 else ""
     return ChatTemplate(config.chat_template or model.chat_template(), bos, eos)

@@ -14,6 +14,7 @@ from roost.api.protocol import (
     CompletionRequest,
     DetokenizeRequest,
     DetokenizeResponse,
+    EmbeddingRequest,
     ModelCard,
     ModelList,
     TokenizeRequest,
@@ -22,6 +23,7 @@ from roost.api.protocol import (
 from roost.api.registry import LoadStatus, ModelRegistry
 from roost.api.serving_chat import create_chat_completion
 from roost.api.serving_completions import create_completion
+from roost.api.serving_embeddings import create_embeddings
 
 
 def registry_of(request: Request) -> ModelRegistry:
@@ -74,7 +76,7 @@ async def get_model(model_id: str, registry: Registry) -> ModelCard:
 
 
 def _card(registry: ModelRegistry, name: str) -> ModelCard:
-    return ModelCard(id=name, created=registry.models[name].client.created)
+    return ModelCard(id=name, created=registry.models[name].created)
 
 
 @v1.post("/chat/completions", response_model=None)
@@ -101,10 +103,10 @@ async def tokenize(body: TokenizeRequest, registry: Registry) -> TokenizeRespons
             messages.template_messages(), add_generation_prompt=body.add_generation_prompt
         )
     else:
-        tokens = served.client.model.tokenize(
+        tokens = served.model.tokenize(
             body.prompt or "", add_special=body.add_special_tokens, parse_special=True
         )
-    return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=served.max_seq_len)
+    return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=served.max_model_len)
 
 
 @tokenizer.post("/detokenize")
@@ -112,9 +114,14 @@ async def detokenize(body: DetokenizeRequest, registry: Registry) -> DetokenizeR
     served = registry.get(body.model)
     if body.tokens:  # an empty list detokenizes to ""
         served.check_tokens(body.tokens, "tokens")
-    return DetokenizeResponse(prompt=served.client.model.detokenize(body.tokens, special=True))
+    return DetokenizeResponse(prompt=served.model.detokenize(body.tokens, special=True))
 
 
 @v1.post("/completions", response_model=None)
 async def completions(body: CompletionRequest, registry: Registry, request: Request) -> object:
     return await create_completion(body, registry, request)
+
+
+@v1.post("/embeddings", response_model=None)
+async def embeddings(body: EmbeddingRequest, registry: Registry, request: Request) -> Response:
+    return await create_embeddings(body, registry, request)

@@ -11,6 +11,7 @@ from roost.config import EngineConfig
 from roost.engine.engine import Engine
 from roost.engine.params import SamplingParams
 from roost.engine.sequence import Event, Sequence
+from roost.llama.model import LlamaModel
 
 
 class QueueFull(RuntimeError):
@@ -20,14 +21,16 @@ class QueueFull(RuntimeError):
 class EngineClient:
     """Lives on the event loop; the engine thread hands back one batch of events per step."""
 
-    def __init__(self, config: EngineConfig, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, config: EngineConfig, model: LlamaModel, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.config = config
         self._loop = loop
         self._ids = itertools.count()
         self.num_in_flight = 0
         self.created = int(time.time())
-        self.engine = Engine(config, self._on_events)  # loads the model: call off the loop
-        self.model = self.engine.model
+        self.engine = Engine(config, model, self._on_events)  # creates a context: off the loop
+        self.model = model
         self.max_seq_len = self.engine.max_seq_len  # prompt + output of one request
 
     @property

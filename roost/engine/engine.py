@@ -33,9 +33,9 @@ _STOP = object()
 class Engine:
     """One model, one context, one thread. Other threads talk to it only through `submit`."""
 
-    def __init__(self, config: EngineConfig, sink: EventSink) -> None:
+    def __init__(self, config: EngineConfig, model: LlamaModel, sink: EventSink) -> None:
         self.config = config
-        self.model = LlamaModel(config.path)
+        self.model = model  # shared with the embedding context: its loader frees it
         self.num_batch = config.batch_size
         self.ctx = LlamaContext(
             self.model,
@@ -74,7 +74,6 @@ class Engine:
         self._thread.join(timeout=30)
         self.runner.close()
         self.ctx.close()
-        self.model.close()
 
     # -- the engine thread ----------------------------------------------------------------------
 
