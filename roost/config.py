@@ -64,6 +64,12 @@ class EngineConfig(BaseModel):
     def _serves_something(self) -> EngineConfig:
         if not (self.generate or self.embeddings):
             raise ValueError(f"model {self.name!r} serves neither generation nor embeddings")
+        # llama.cpp keeps an output row per sequence within a batch: fewer aborts the process
+        if self.generate and self.batch_size < self.parallel:
+            raise ValueError(
+                f"model {self.name!r}: batch_size ({self.batch_size}) must be at least "
+                f"parallel ({self.parallel})"
+            )
         return self
 
 

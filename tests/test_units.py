@@ -83,6 +83,12 @@ def test_duplicate_model_names_rejected(tmp_path: Path) -> None:
         load_settings(config)
 
 
+def test_batch_smaller_than_parallel_is_a_config_error() -> None:
+    # llama.cpp would abort the whole process while creating the context
+    with pytest.raises(ValueError, match="batch_size"):
+        load_settings(None, batch_size=16, parallel=32)
+
+
 def test_cli_flags_come_from_settings() -> None:
     args = build_parser().parse_args(
         [
