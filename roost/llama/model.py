@@ -21,9 +21,15 @@ _backend_lock = threading.Lock()
 _backend_ready = [False]
 
 
+# warnings roost provokes on purpose: mean pooling for a model that declares none (embeddings)
+_EXPECTED_WARNINGS = (b"llama_init_from_model: model default pooling_type is [-1]",)
+
+
 @llama_cpp.llama_log_callback
 def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     mapped = _last_level[0] if level == 5 else _LEVELS.get(level, logging.DEBUG)
+    if text.startswith(_EXPECTED_WARNINGS):
+        mapped = logging.DEBUG
     _last_level[0] = mapped
     if log.isEnabledFor(mapped):
         log.log(mapped, "%s", text.decode("utf-8", errors="replace").rstrip())
