@@ -100,6 +100,31 @@ def test_guided_choice_and_regex_on_completions(client: openai.OpenAI) -> None:
         assert re.fullmatch(r"[A-Z]{3}-[0-9]{2,4}", code.choices[0].text)
 
 
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"\d{3}-\d{4}",
+        r"[a-z]{3,8}@[a-z]{3,8}\.(com|org)",
+        r"\(\w{2,5}\) \S{1,6}",
+        r"-?\d{1,3}(\.\d{1,2})?",
+        r"[^\s,]{2,6}(, [^\s,]{2,6}){1,2}",
+    ],
+)
+def test_guided_regex_escapes_and_classes(client: openai.OpenAI, pattern: str) -> None:
+    # escapes (\d \w \s \. \( ...) are translated by roost, not by the JSON-schema converter
+    for seed in range(3):
+        out = client.completions.create(
+            model=MODEL,
+            prompt="Example:",
+            max_tokens=40,
+            seed=seed,
+            temperature=1.0,
+            extra_body={"guided_regex": pattern},
+        )
+        assert out.choices[0].finish_reason == "stop"
+        assert re.fullmatch(pattern, out.choices[0].text), out.choices[0].text
+
+
 def test_guided_json_on_chat_streams_valid_json(client: openai.OpenAI) -> None:
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
     chunks = client.chat.completions.create(
@@ -137,7 +162,9 @@ def test_guided_json_on_chat_streams_valid_json(client: openai.OpenAI) -> None:
         ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
         ({"guided_json": "{not json"}, "guided_json"),
         ({"guided_regex": "(?=lookahead)x"}, "guided_regex"),
-        ({"guided_regex": r"\d+"}, "guided_regex"),
+        ({"guided_regex": r"(a)\1"}, "guided_regex"),
+        ({"guided_regex": "(?i)abc"}, "guided_regex"),
+        ({"guided_regex": "[unclosed"}, "guided_regex"),
         ({"guided_grammar": "root ::= 'a'"}, "guided_grammar"),
         ({"guided_choice": ["a"], "guided_regex": "b"}, "guided_regex"),
         (

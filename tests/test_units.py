@@ -10,6 +10,7 @@ from roost.cli import build_parser
 from roost.config import load_settings
 from roost.engine.prefix_cache import SlotTable, common_prefix_len
 from roost.engine.sequence import StopMatcher
+from roost.llama.regex_gbnf import RegexError, regex_to_gbnf
 
 
 def _feed_all(matcher: StopMatcher, pieces: list[str]) -> tuple[str, bool]:
@@ -164,3 +165,20 @@ def test_server_tool_schemas_and_safe_calculator() -> None:
     for hostile in ('__import__(\\"os\\").system(\\"true\\")', "(1).__class__", "9 ** 99999"):
         assert run(f'{{"expression": "{hostile}"}}').startswith("error:")
     assert run('{"wrong": 1}').startswith("error:")  # arguments are validated
+
+
+def test_regex_to_gbnf_translates_escapes_and_refuses_the_rest() -> None:
+    assert regex_to_gbnf(r"^\d{2}\.[^\s-]?$") == (
+        'root ::= ([0-9]){2,2} "." ([^ \\t\\n\\r\\x0c\\x0b\\x2d]){0,1}\n'
+    )
+    assert regex_to_gbnf("(ab|cd)+") == 'root ::= ((("a" "b" | "c" "d"))){1,}\n'
+    for pattern, reason in [
+        (r"a\bb", "anchor"),
+        ("(?<=a)b", "lookaround"),
+        (r"(a)\1", "backreference"),
+        ("(?i)a", "flags"),
+        ("[a-", "invalid"),
+        (r"[\Wa]", "negated classes"),
+    ]:
+        with pytest.raises(RegexError, match=reason):
+            regex_to_gbnf(pattern)

@@ -8,6 +8,7 @@ import llama_cpp
 from llama_cpp.llama_grammar import SchemaConverter
 
 from roost.llama.model import LlamaModel
+from roost.llama.regex_gbnf import RegexError, regex_to_gbnf
 
 
 class GrammarError(ValueError):
@@ -127,14 +128,10 @@ def schema_grammar(schema: dict[str, Any]) -> str:
 
 def regex_grammar(pattern: str) -> str:
     """A grammar for raw text matching a regular expression (anchored at both ends)."""
-    anchored = ("" if pattern.startswith("^") else "^") + pattern
-    anchored += "" if pattern.endswith("$") else "$"
-    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=True)
     try:
-        name = converter.visit({"type": "string", "pattern": anchored}, "regex")
-    except Exception as exc:  # lookarounds and other unsupported syntax
-        raise GrammarError(f"unsupported regular expression: {exc}") from exc
-    return f"root ::= {name}\n{converter.format_grammar()}\n"
+        return regex_to_gbnf(pattern)
+    except RegexError as exc:
+        raise GrammarError(str(exc)) from exc
 
 
 def literal(text: str) -> str:
