@@ -140,9 +140,10 @@ class Engine:
     def _step(self, plan: Plan) -> None:
         samples = self.runner.execute(plan)
         events = []
-        for seq, token, logprob in ((s.seq, s.token, s.logprob) for s in samples):
+        for sample in samples:
+            seq, token = sample.seq, sample.token
             piece = self.model.token_bytes(token, special=not seq.params.skip_special_tokens)
-            event = seq.append_token(token, piece, self.model.is_eog(token), logprob)
+            event = seq.append_token(token, piece, self.model.is_eog(token), sample.logprob)
             if seq.sampler is not None and seq.num_output >= seq.params.min_tokens:
                 seq.sampler.lift_ban()
             if seq.status is SeqStatus.FINISHED:
