@@ -125,6 +125,30 @@ def test_guided_regex_escapes_and_classes(client: openai.OpenAI, pattern: str) -
         assert re.fullmatch(pattern, out.choices[0].text), out.choices[0].text
 
 
+def test_schema_patterns_with_escapes_validate(client: openai.OpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "phone": {"type": "string", "pattern": r"^\d{3}-\d{4}$"},
+            "site": {"type": "string", "pattern": r"^[a-z]{2,8}\.(com|org)$"},
+            "quote": {"type": "string", "pattern": r'^[^"]{1,6}"[a-z]{1,4}$'},
+        },
+        "required": ["phone", "site", "quote"],
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "contact", "schema": schema}}
+    for seed in range(4):
+        reply = client.chat.completions.create(
+            model=MODEL,
+            messages=ASK,
+            response_format=fmt,  # type: ignore[arg-type]
+            temperature=1.0,
+            seed=seed,
+            max_tokens=120,
+        )
+        assert reply.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(reply.choices[0].message.content or ""), schema)
+
+
 def test_guided_json_on_chat_streams_valid_json(client: openai.OpenAI) -> None:
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
     chunks = client.chat.completions.create(

@@ -127,6 +127,7 @@ def test_grammar_schemas_keep_every_rule_or_refuse() -> None:
         {"type": "number", "maximum": 3},
         {"type": "string", "format": "email"},
         {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        {"type": "string", "pattern": "^a+$", "maxLength": 3},
     ):
         with pytest.raises(GrammarError):
             enforceable(lost)

@@ -8,7 +8,7 @@ import llama_cpp
 from llama_cpp.llama_grammar import SchemaConverter
 
 from roost.llama.model import LlamaModel
-from roost.llama.regex_gbnf import RegexError, regex_to_gbnf
+from roost.llama.regex_gbnf import RegexError, regex_expression, regex_to_gbnf
 
 
 class GrammarError(ValueError):
@@ -62,6 +62,8 @@ def enforceable(schema: Any, where: str = "") -> Any:
     lost = sorted(_IGNORED & schema.keys())
     if schema.get("format") not in (None, *_FORMATS):
         lost.append(f"format {schema['format']}")
+    if "pattern" in schema:  # the converter then builds the string from the pattern alone
+        lost += sorted({"minLength", "maxLength", "format"} & schema.keys())
     if lost:
         raise GrammarError(f"cannot enforce {', '.join(lost)} at '{where or '/'}'")
     out = dict(schema)
@@ -93,9 +95,21 @@ def _integer_range_as_enum(schema: dict[str, Any]) -> dict[str, Any]:
     return {**rest, "enum": list(range(low, high + 1))}
 
 
+class _Converter(SchemaConverter):  # type: ignore[misc]
+    """The converter with string `pattern`s translated by regex_gbnf: its own regex code keeps
+    escapes such as `\\d` inside GBNF literals, which llama.cpp rejects."""
+
+    def _visit_pattern(self, pattern: str, name: str) -> str:
+        try:
+            body = regex_expression(pattern, json_string=True)
+        except RegexError as exc:
+            raise GrammarError(f"pattern {pattern!r}: {exc}") from exc
+        return str(self._add_rule(name, f'"\\"" {body} "\\"" space'))
+
+
 def schema_rules(schemas: dict[str, dict[str, Any]]) -> tuple[str, dict[str, str]]:
     """GBNF rules for several JSON schemas in one namespace: (rules text, key → rule name)."""
-    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    converter = _Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
     names: dict[str, str] = {}
     try:
         for i, (key, schema) in enumerate(schemas.items()):
