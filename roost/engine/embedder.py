@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from roost.config import EngineConfig
+from roost.engine.inbox import STOP, Inbox
 from roost.llama.embedding import EmbeddingContext, EmbeddingParams
 from roost.llama.model import LlamaModel
 
@@ -20,8 +20,6 @@ log = logging.getLogger("roost.engine")
 
 # inputs per decode; short inputs (a sentence is ~10 tokens) fill a 512-token batch at about 50
 MAX_SEQS_PER_DECODE = 64
-
-_STOP = object()
 
 
 @dataclass(eq=False)
@@ -84,7 +82,7 @@ class Embedder:
         self.max_batch_tokens = min(config.batch_size, self.ctx.max_input_len)
         self._sink = sink
         self._pending: deque[WorkItem] = deque()
-        self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._inbox = Inbox()
         self._thread = threading.Thread(
             target=self._loop, name=f"embedder-{config.name}", daemon=True
         )
@@ -96,7 +94,7 @@ class Embedder:
         self._inbox.put(job)
 
     def close(self) -> None:
-        self._inbox.put(_STOP)
+        self._inbox.put(STOP)
         self._thread.join(timeout=30)
         self.ctx.close()
 
@@ -104,23 +102,14 @@ class Embedder:
 
     def _loop(self) -> None:
         # block when idle: a polling thread would slow the decode threads on small machines
-        while self._drain_inbox(block=not self._pending):
+        while self._inbox.drain(self._apply, block=not self._pending):
             batch = take_batch(self._pending, self.max_batch_tokens, MAX_SEQS_PER_DECODE)
             if batch:
                 self._run(batch)
 
-    def _drain_inbox(self, block: bool) -> bool:
-        """Queue every submitted job's inputs; False once the embedder is closing."""
-        try:
-            item = self._inbox.get(block=block)
-            while True:
-                if item is _STOP:
-                    return False
-                if isinstance(item, EmbeddingJob):
-                    self._admit(item)
-                item = self._inbox.get_nowait()
-        except queue.Empty:
-            return True
+    def _apply(self, item: object) -> None:
+        if isinstance(item, EmbeddingJob):
+            self._admit(item)
 
     def _admit(self, job: EmbeddingJob) -> None:
         job.vectors = np.empty((len(job.inputs), self.ctx.num_embd), np.float32)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from roost.config import EngineConfig
+from roost.engine.inbox import STOP, Inbox
 from roost.engine.prefix_cache import SlotTable
 from roost.engine.runner import Runner
 from roost.engine.scheduler import Plan, Scheduler
@@ -25,9 +25,6 @@ EventSink = Callable[[list[tuple[Sequence, Event]]], None]
 @dataclass(frozen=True)
 class _Abort:
     request_id: str
-
-
-_STOP = object()
 
 
 class Engine:
@@ -54,7 +51,7 @@ class Engine:
         self.scheduler = Scheduler(self.slots, self.num_ctx, self.num_batch)
         self.runner = Runner(self.ctx, self.num_batch)
         self._sink = sink
-        self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._inbox = Inbox()
         self._thread = threading.Thread(
             target=self._loop, name=f"engine-{config.name}", daemon=True
         )
@@ -70,7 +67,7 @@ class Engine:
         self._inbox.put(_Abort(request_id))
 
     def close(self) -> None:
-        self._inbox.put(_STOP)
+        self._inbox.put(STOP)
         self._thread.join(timeout=30)
         self.runner.close()
         self.ctx.close()
@@ -78,7 +75,7 @@ class Engine:
     # -- the engine thread ----------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while self._drain_inbox(block=not self.scheduler.has_work()):
+        while self._inbox.drain(self._apply, block=not self.scheduler.has_work()):
             plan = Plan()
             try:
                 plan = self.scheduler.schedule()
@@ -89,18 +86,6 @@ class Engine:
             except Exception as exc:  # a failed step must not stop the engine
                 log.exception("engine step failed")
                 self._reset(plan, requeue=False, error=str(exc) or type(exc).__name__)
-
-    def _drain_inbox(self, block: bool) -> bool:
-        """Apply queued submissions and aborts; False once the engine is closing."""
-        try:
-            item = self._inbox.get(block=block)
-            while True:
-                if item is _STOP:
-                    return False
-                self._apply(item)
-                item = self._inbox.get_nowait()
-        except queue.Empty:
-            return True
 
     def _apply(self, item: object) -> None:
         # one bad message must not end the engine thread, nor leave its request waiting

@@ -29,23 +29,28 @@ class ContextParams:
     kv_unified: bool = False
 
 
+def context_params(params: ContextParams) -> llama_cpp.llama_context_params:
+    """llama.cpp's parameters for `params`; n_ubatch = n_batch, so a batch is one graph."""
+    cparams = llama_cpp.llama_context_default_params()
+    cparams.n_ctx = params.num_ctx
+    cparams.n_batch = params.num_batch
+    cparams.n_ubatch = params.num_batch
+    cparams.n_seq_max = params.num_seq_max
+    # explicit: the default thread count oversubscribes small machines
+    cparams.n_threads = params.num_threads
+    cparams.n_threads_batch = params.num_threads
+    cparams.kv_unified = params.kv_unified
+    cparams.no_perf = True
+    return cparams
+
+
 class LlamaContext:
     """Owns one `llama_context*` with a unified KV cache shared by `num_seq_max` sequences."""
 
     def __init__(self, model: LlamaModel, params: ContextParams) -> None:
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = params.num_ctx
-        cparams.n_batch = params.num_batch
-        cparams.n_ubatch = params.num_batch
-        cparams.n_seq_max = params.num_seq_max
-        # explicit: the default thread count oversubscribes small machines
-        cparams.n_threads = params.num_threads
-        cparams.n_threads_batch = params.num_threads
         # unified: one buffer all sequences grow into (partial seq_cp needs it), but every
         # token then attends over every sequence's cells; split: n_ctx / n_seq_max each
-        cparams.kv_unified = params.kv_unified
-        cparams.no_perf = True
-        ctx = llama_cpp.llama_init_from_model(model.ptr, cparams)
+        ctx = llama_cpp.llama_init_from_model(model.ptr, context_params(params))
         if not ctx:
             raise ModelLoadError(f"llama.cpp could not create a context for {model.path}")
         self.ptr = ctx

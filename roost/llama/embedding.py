@@ -10,7 +10,7 @@ import llama_cpp
 import numpy as np
 
 from roost.llama.batch import Batch
-from roost.llama.context import DecodeError
+from roost.llama.context import ContextParams, DecodeError, context_params
 from roost.llama.model import LlamaModel, ModelLoadError
 
 
@@ -113,20 +113,13 @@ class EmbeddingContext:
 def _create(
     model: LlamaModel, params: EmbeddingParams, pooling: Pooling
 ) -> tuple[llama_cpp.llama_context_p, Pooling]:
-    cparams = llama_cpp.llama_context_default_params()
-    cparams.n_ctx = params.num_ctx
-    # n_batch == n_ubatch: llama.cpp pools a sequence only if it sits in a single ubatch
-    cparams.n_batch = params.num_ctx
-    cparams.n_ubatch = params.num_ctx
-    cparams.n_seq_max = params.num_seq_max
-    # explicit: the default thread count oversubscribes small machines
-    cparams.n_threads = params.num_threads
-    cparams.n_threads_batch = params.num_threads
+    # n_batch == n_ubatch == n_ctx: llama.cpp pools a sequence only if it sits in one ubatch;
     # unified: any sequence may use any cell, so many short inputs share one decode
-    cparams.kv_unified = True
+    cparams = context_params(
+        ContextParams(params.num_ctx, params.num_ctx, params.num_seq_max, params.num_threads, True)
+    )
     cparams.embeddings = True
     cparams.pooling_type = pooling
-    cparams.no_perf = True
     ctx = llama_cpp.llama_init_from_model(model.ptr, cparams)
     if not ctx:
         raise ModelLoadError(f"llama.cpp could not create an embedding context for {model.path}")
