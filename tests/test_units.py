@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -183,3 +185,34 @@ def test_regex_to_gbnf_translates_escapes_and_refuses_the_rest() -> None:
     ]:
         with pytest.raises(RegexError, match=reason):
             regex_to_gbnf(pattern)
+
+
+def test_one_failing_choice_stops_the_others_cleanly() -> None:
+    from roost.api.errors import EngineFailure
+    from roost.api.serving_chat import Piece, _collect_all
+
+    closed: list[str] = []
+
+    async def slow() -> AsyncIterator[Piece]:
+        try:
+            while True:
+                yield Piece(text="x")
+                await asyncio.sleep(0.01)
+        finally:
+            closed.append("slow")
+
+    async def failing() -> AsyncIterator[Piece]:
+        yield Piece(text="y")
+        raise EngineFailure("generation failed")
+
+    async def scenario() -> None:
+        answers = [slow(), failing()]
+        try:
+            await _collect_all(answers)
+        finally:
+            for answer in answers:
+                await answer.aclose()  # must not find a generator still running
+
+    with pytest.raises(EngineFailure):
+        asyncio.run(scenario())
+    assert closed == ["slow"]

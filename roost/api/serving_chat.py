@@ -130,7 +130,7 @@ async def create_chat_completion(
         frames = _chunks(turn, answers, response_id, created)
         return stream_response([], lambda: frames)
     try:
-        collected = await until_disconnect(request, asyncio.gather(*map(_collect, answers)))
+        collected = await until_disconnect(request, _collect_all(answers))
     finally:
         for answer in answers:
             await answer.aclose()
@@ -316,6 +316,17 @@ async def _collect(pieces: AsyncIterator[Piece]) -> Piece:
         answer.logprobs += piece.logprobs
         answer.finish_reason = piece.finish_reason or answer.finish_reason
     return answer
+
+
+async def _collect_all(answers: list[AsyncIterator[Piece]]) -> list[Piece]:
+    """Every choice's answer; one failing (or a cancel) stops the others before they close."""
+    tasks = [asyncio.ensure_future(_collect(answer)) for answer in answers]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _chunks(
