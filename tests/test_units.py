@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -216,3 +217,23 @@ def test_one_failing_choice_stops_the_others_cleanly() -> None:
     with pytest.raises(EngineFailure):
         asyncio.run(scenario())
     assert closed == ["slow"]
+
+
+@pytest.mark.parametrize("text", ["Hello", ' say "hi"\n', "\\ back\tslash", "é ü 日本 🐦", "\x01"])
+def test_fast_content_chunks_equal_the_models(text: str) -> None:
+    from roost.api.protocol import ChatCompletionChunk, ChunkChoice, Delta
+    from roost.api.serving import sse
+    from roost.api.serving_chat import ContentChunks
+
+    fast = ContentChunks.start("chatcmpl-1", 1700000000, 'my "model"').frame(2, text)
+    slow = sse(
+        ChatCompletionChunk(
+            id="chatcmpl-1",
+            created=1700000000,
+            model='my "model"',
+            choices=[ChunkChoice(index=2, delta=Delta(content=text))],
+        )
+    )
+    assert json.loads(fast[6:]) == json.loads(slow[6:])
+    if text.isascii() and text.isprintable():
+        assert fast == slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -318,6 +319,27 @@ async def _collect(pieces: AsyncIterator[Piece]) -> Piece:
     return answer
 
 
+@dataclass(frozen=True)
+class ContentChunks:
+    """The hot path of streaming: a content delta framed without building pydantic models
+    (it is most of the chunks); the JSON equals ChatCompletionChunk's, a test checks."""
+
+    head: str
+
+    @classmethod
+    def start(cls, response_id: str, created: int, model: str) -> ContentChunks:
+        fixed = {"id": response_id, "object": "chat.completion.chunk", "created": created}
+        head = json.dumps({**fixed, "model": model}, ensure_ascii=False, separators=(",", ":"))
+        return cls(head[:-1])
+
+    def frame(self, index: int, text: str) -> str:
+        content = json.dumps(text, ensure_ascii=False)
+        return (
+            f'data: {self.head},"choices":[{{"index":{index},"delta":{{"content":{content}}},'
+            '"finish_reason":null,"logprobs":null}],"usage":null,"system_fingerprint":null}\n\n'
+        )
+
+
 async def _collect_all(answers: list[AsyncIterator[Piece]]) -> list[Piece]:
     """Every choice's answer; one failing (or a cancel) stops the others before they close."""
     tasks = [asyncio.ensure_future(_collect(answer)) for answer in answers]
@@ -346,11 +368,14 @@ async def _chunks(
             )
         )
 
+    fast = ContentChunks.start(response_id, created, body.model)
     for index in range(len(answers)):
         yield chunk(index, Delta(role="assistant", content=""))
     try:
         async for index, piece in merge(answers):
-            if piece.text or piece.logprobs:
+            if piece.text and not body.logprobs:
+                yield fast.frame(index, piece.text)
+            elif piece.text or piece.logprobs:
                 frame = ChunkChoice(index=index, delta=Delta(content=piece.text))
                 if body.logprobs:
                     frame.logprobs = ChoiceLogprobs(content=chat_logprobs(model, piece.logprobs))
