@@ -75,6 +75,29 @@ def test_unknown_fields_are_ignored(server: Server) -> None:
         assert http.post("/v1/chat/completions", json=body).status_code == 200
 
 
+def test_explicit_nulls_mean_defaults(server: Server) -> None:
+    # clients serialise unset options as null; OpenAI treats them as not given
+    nulls = {"n": None, "stream": None, "temperature": None, "stop": None, "seed": None}
+    chat = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi", "name": None}],
+        "max_tokens": 2,
+        "logprobs": None,
+        "top_logprobs": None,
+        "parallel_tool_calls": None,
+        "tools": None,
+        **nulls,
+    }
+    completion = {"model": MODEL, "prompt": "hi", "max_tokens": 2, "echo": None, **nulls}
+    with server.http() as http:
+        for path, body in (("/v1/chat/completions", chat), ("/v1/completions", completion)):
+            resp = http.post(path, json=body)
+            assert resp.status_code == 200, resp.text
+            assert len(resp.json()["choices"]) == 1
+        missing = http.post("/v1/completions", json={**completion, "model": None})
+    assert missing.status_code == 400 and _error(missing)["param"] == "model"
+
+
 def test_unknown_model_is_404(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="gpt-9", messages=HELLO)

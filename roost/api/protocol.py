@@ -8,7 +8,14 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from jsonschema import Draft202012Validator, SchemaError
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from roost.api.errors import InvalidRequest
 from roost.chat.constraints import ConstraintKind, ToolSpec
@@ -26,6 +33,15 @@ def new_id(prefix: str) -> str:
 
 class Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        # OpenAI's fields are nullable and clients send explicit nulls ("n": null,
+        # "logprobs": null); null means "not given", not an invalid value
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
 
 
 class StreamOptions(Request):
