@@ -87,6 +87,18 @@ def start_server(*flags: str, api_key: str | None = None) -> Iterator[Server]:
             process.kill()
 
 
+def start_config_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    config_text: str,
+    *flags: str,
+    api_key: str | None = None,
+) -> Iterator[Server]:
+    """A server started with `--config` on a roost.yaml holding `config_text`."""
+    config = Path(tmp_path_factory.mktemp("cfg")) / "roost.yaml"
+    config.write_text(config_text)
+    yield from start_server(*flags, "--config", str(config), api_key=api_key)
+
+
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
     yield from start_server("--parallel", "4", "--ctx-size", "4096")

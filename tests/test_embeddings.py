@@ -6,7 +6,6 @@ import base64
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import openai
@@ -14,7 +13,7 @@ import pytest
 
 from roost.engine.embedder import EmbeddingJob, normalize, take_batch
 from roost.llama.model import LlamaModel
-from tests.conftest import MODEL, Server, start_server
+from tests.conftest import MODEL, Server, start_config_server
 
 CAT = "The cat sat on the mat."
 KITTEN = "A kitten is sleeping on the rug."
@@ -165,13 +164,13 @@ def test_unknown_model_is_404(client: openai.OpenAI) -> None:
 @pytest.fixture(scope="module")
 def split_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One model that only embeds (small input limit), one that only generates."""
-    config = Path(tmp_path_factory.mktemp("cfg")) / "roost.yaml"
-    config.write_text(
+    yield from start_config_server(
+        tmp_path_factory,
         "ctx_size: 512\nmodels:\n"
         "  - {name: embedder, generate: false, embedding_ctx_size: 32}\n"
-        "  - {name: chatter, embeddings: false}\n"
+        "  - {name: chatter, embeddings: false}\n",
+        api_key=KEY,
     )
-    yield from start_server("--config", str(config), api_key=KEY)
 
 
 def test_embedding_only_model_refuses_generation(split_server: Server) -> None:

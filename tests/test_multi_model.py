@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, start_server
+from tests.conftest import Server, start_config_server
 
 
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    config = Path(tmp_path_factory.mktemp("cfg")) / "roost.yaml"
-    config.write_text(
-        "ctx_size: 512\nmodels:\n  - {name: small-a, parallel: 1}\n  - {name: small-b}\n"
+    yield from start_config_server(
+        tmp_path_factory,
+        "ctx_size: 512\nmodels:\n  - {name: small-a, parallel: 1}\n  - {name: small-b}\n",
     )
-    yield from start_server("--config", str(config))
 
 
 def test_each_configured_model_is_served(two_models: Server) -> None:

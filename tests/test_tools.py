@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import jsonschema
 import openai
 import pytest
 
-from tests.conftest import MODEL, Server, start_server
+from tests.conftest import MODEL, Server, start_config_server
 
 WEATHER = {
     "type": "function",
@@ -213,8 +212,7 @@ def test_bad_tool_input_is_400(server: Server, change: dict, param: str) -> None
 
 @pytest.fixture(scope="module")
 def tool_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    config = Path(tmp_path_factory.mktemp("cfg")) / "roost.yaml"
-    config.write_text(
+    config = (
         "tool_timeout: 0.5\n"
         "tools:\n"
         "  - roost.tools.examples:calculator\n"
@@ -222,7 +220,9 @@ def tool_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "  - tests.fake_tools:explode\n"
         "  - tests.fake_tools:sleepy\n"
     )
-    yield from start_server("--parallel", "2", "--ctx-size", "4096", "--config", str(config))
+    yield from start_config_server(
+        tmp_path_factory, config, "--parallel", "2", "--ctx-size", "4096"
+    )
 
 
 def test_server_tools_listed_in_health(tool_server: Server) -> None:
@@ -311,11 +311,10 @@ Answer with <tool_call>{"name": ..., "arguments": ...}</tool_call><|im_end|>
 def native_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     import yaml
 
-    config = Path(tmp_path_factory.mktemp("cfg")) / "roost.yaml"
-    config.write_text(
-        yaml.safe_dump({"models": [{"name": "native", "chat_template": NATIVE_TEMPLATE}]})
+    config = yaml.safe_dump({"models": [{"name": "native", "chat_template": NATIVE_TEMPLATE}]})
+    yield from start_config_server(
+        tmp_path_factory, config, "--parallel", "1", "--ctx-size", "2048"
     )
-    yield from start_server("--parallel", "1", "--ctx-size", "2048", "--config", str(config))
 
 
 def test_tool_aware_template_receives_tools(native_server: Server) -> None:
