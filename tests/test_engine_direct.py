@@ -97,3 +97,25 @@ def test_a_group_larger_than_the_slots_still_completes() -> None:
     # followers that find no free slot run alone later (reusing the cached prompt prefix)
     _, texts = asyncio.run(_group_scenario(parallel=1, n=3))
     assert len(texts) == 3 and all(texts)
+
+
+async def _failed_leader_scenario() -> tuple[str | None, list[int]]:
+    config = load_settings(None, parallel=2, ctx_size=1024, threads=2).resolved_models()[0]
+    model = await asyncio.to_thread(LlamaModel, config.path)
+    client = await asyncio.to_thread(EngineClient, config, model, asyncio.get_running_loop())
+    try:
+        prompt = client.model.tokenize("Hello there")
+        broken = SamplingParams(max_tokens=3, sampler=SamplerSpec(grammar="root ::= ( unclosed"))
+        fine = SamplingParams(max_tokens=3, sampler=SamplerSpec(temperature=0))
+        leader, *followers = client.submit_group(prompt, [broken, fine, fine])
+        failed = [event async for event in leader]
+        served = [[e async for e in follower] for follower in followers]
+        return failed[-1].error, [sum(len(e.token_ids) for e in events) for events in served]
+    finally:
+        await asyncio.to_thread(client.close)
+        model.close()
+
+
+def test_followers_of_a_failed_leader_compute_their_prompt() -> None:
+    error, num_tokens = asyncio.run(_failed_leader_scenario())
+    assert error and num_tokens == [3, 3]

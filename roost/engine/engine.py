@@ -103,8 +103,6 @@ class Engine:
                 self._sink([(seq, seq.finish(FinishReason.ERROR, [], error=str(exc)))])
 
     def _admit(self, seq: Sequence) -> None:
-        if seq.leader is not None and seq.leader.status is SeqStatus.FINISHED:
-            seq.leader = None  # the leader failed or was aborted: compute the prompt alone
         # penalties cover every generated token: the window is the whole context
         params = seq.params
         # min_tokens: end tokens cannot be sampled until then (the ban is lifted in _step)

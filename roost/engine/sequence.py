@@ -177,6 +177,7 @@ class Sequence:
             text += self.stop.flush() + self._utf8.decode(b"", final=True)
         self.finish_reason = reason
         self.status = SeqStatus.FINISHED
+        self.unlink_followers()  # e.g. failed before its prompt ran: they compute their own
         return Event(
             text=text,
             token_ids=token_ids,
