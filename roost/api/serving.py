@@ -99,10 +99,15 @@ async def merge(sources: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int,
                 continue
             yield item.index, item.value  # type: ignore[misc]
     finally:
-        for task in tasks:
-            task.cancel()
         # a source generator may be closed only once its pump has really stopped
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
+
+
+async def cancel_and_wait(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Cancel tasks and wait until each has stopped (whatever it raised)."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def check_event(event: Event) -> None:

@@ -35,6 +35,7 @@ from roost.api.registry import ModelRegistry, ServedModel
 from roost.api.serving import (
     DONE,
     add_usage,
+    cancel_and_wait,
     check_event,
     merge,
     sse,
@@ -346,9 +347,7 @@ async def _collect_all(answers: list[AsyncIterator[Piece]]) -> list[Piece]:
     try:
         return list(await asyncio.gather(*tasks))
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
 
 
 async def _chunks(
