@@ -1,8 +1,10 @@
 """Side-by-side serving benchmark: roost vs `python -m llama_cpp.server` (vs llama.cpp's server).
 
-Each server runs alone on a free loopback port with the same GGUF and threads; streamed chat
-requests (end-of-generation tokens banned, so each should run to max_tokens) are sent at every
-concurrency level. Figures vary with machine load: read them as ratios within one run.
+Every server is started up front on a free loopback port with the same GGUF and threads (an idle
+server uses no CPU). Streamed chat requests (end-of-generation tokens banned, so each should run
+to max_tokens) are sent at every concurrency level, in rounds of `concurrency` requests that
+alternate the servers, so a drift in the machine's speed during the run hits every server alike.
+Figures vary with machine load: read them as ratios within one run.
 
     .venv/bin/python bench/bench_serving.py [--llama-server /path/to/llama-server]
 """
@@ -222,6 +224,7 @@ async def run_level(
     num_requests: int,
     max_tokens: int,
     eog_ids: list[int],
+    first_index: int = 0,
 ) -> LevelStats:
     """Send num_requests streamed requests, `concurrency` in flight at once."""
     semaphore = asyncio.Semaphore(concurrency)
@@ -236,7 +239,8 @@ async def run_level(
                 return await stream_one(client, request_body(index, max_tokens, eog_ids), index)
 
         start = time.perf_counter()
-        results = await asyncio.gather(*(bounded(i) for i in range(num_requests)))
+        indices = range(first_index, first_index + num_requests)
+        results = await asyncio.gather(*(bounded(i) for i in indices))
         wall_s = time.perf_counter() - start
     return summarize(server, concurrency, max_tokens, wall_s, list(results))
 
@@ -361,7 +365,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", default="1,4,16", help="comma-separated levels")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument(
-        "--requests-per-level", type=int, default=None, help="default: max(4, 2*concurrency)"
+        "--requests-per-level", type=int, default=None, help="default: max(8, 2*concurrency)"
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--parallel", type=int, default=16, help="slots for roost and cpp")
@@ -383,27 +387,49 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def bench_server(
-    server: str,
-    args: argparse.Namespace,
-    log_dir: Path,
-    eog_ids: list[int],
-    results: dict[int, LevelStats],
-) -> None:
-    """Run every concurrency level against one server, alone on the machine."""
-    with running_server(server, args, log_dir) as base_url:
-        asyncio.run(run_level(server, base_url, 1, 1, 8, eog_ids))  # warm-up, not counted
-        for level in args.concurrency:
-            num_requests = args.requests_per_level or max(4, 2 * level)
-            stats = asyncio.run(
-                run_level(server, base_url, level, num_requests, args.max_tokens, eog_ids)
+def start_servers(
+    stack: contextlib.ExitStack, args: argparse.Namespace, log_dir: Path
+) -> dict[str, str]:
+    """Start every server (an idle one uses no CPU) and warm each up; returns their URLs."""
+    urls: dict[str, str] = {}
+    for server in args.servers:
+        try:
+            urls[server] = stack.enter_context(running_server(server, args, log_dir))
+        except RuntimeError as exc:
+            print(f"{server}: failed to start ({exc}); logs in {log_dir}", flush=True)
+    for server, base_url in urls.items():
+        asyncio.run(run_level(server, base_url, 1, 1, 8, [], 999_999))  # warm-up, not counted
+    return urls
+
+
+def bench_level(
+    urls: dict[str, str], args: argparse.Namespace, level: int, eog_ids: list[int]
+) -> dict[str, LevelStats]:
+    """One concurrency level in rounds of `level` requests, alternating the servers (and
+    their order) round by round, so a drift in the machine's speed hits every server alike."""
+    num_requests = args.requests_per_level or max(8, 2 * level)
+    num_rounds = -(-num_requests // level)
+    rounds: dict[str, list[LevelStats]] = {server: [] for server in urls}
+    for round_index in range(num_rounds):
+        order = list(urls)[round_index % len(urls) :] + list(urls)[: round_index % len(urls)]
+        for server in order:
+            first = level * 1000 + round_index * level  # every prompt in the run is new
+            rounds[server].append(
+                asyncio.run(
+                    run_level(server, urls[server], level, level, args.max_tokens, eog_ids, first)
+                )
             )
-            results[level] = stats
-            print(
-                f"  {server} c={level}: {stats.tok_per_s:.1f} tok/s, "
-                f"{stats.num_complete}/{num_requests} complete ({stats.wall_s:.1f} s)",
-                flush=True,
-            )
+    merged = {}
+    for server, parts in rounds.items():
+        results = [r for part in parts for r in part.requests]
+        wall_s = sum(part.wall_s for part in parts)
+        merged[server] = summarize(server, level, args.max_tokens, wall_s, results)
+        print(
+            f"  {server} c={level}: {merged[server].tok_per_s:.1f} tok/s, "
+            f"{merged[server].num_complete}/{len(results)} complete ({wall_s:.1f} s)",
+            flush=True,
+        )
+    return merged
 
 
 def main() -> int:
@@ -420,12 +446,12 @@ def main() -> int:
     )
     stats: dict[str, dict[int, LevelStats]] = {}
     log_dir = Path(tempfile.mkdtemp(prefix="bench_serving_"))  # server logs, kept for reading
-    for server in args.servers:
-        stats[server] = {}
-        try:
-            bench_server(server, args, log_dir, probe["eog_ids"], stats[server])
-        except RuntimeError as exc:
-            print(f"{server}: failed ({exc}); logs in {log_dir}", flush=True)
+    with contextlib.ExitStack() as stack:
+        urls = start_servers(stack, args, log_dir)
+        stats = {server: {} for server in urls}
+        for level in args.concurrency:
+            for server, level_stats in bench_level(urls, args, level, probe["eog_ids"]).items():
+                stats[server][level] = level_stats
     for level in args.concurrency:
         print_level(stats, level, args.max_tokens)
     print_raw_speed(stats, probe)

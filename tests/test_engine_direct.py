@@ -10,8 +10,14 @@ import pytest
 from roost.config import load_settings
 from roost.engine.client import EngineClient
 from roost.engine.params import SamplingParams
+from roost.engine.prefix_cache import Slot
+from roost.engine.runner import Runner
+from roost.engine.scheduler import Chunk, Plan
+from roost.engine.sequence import Sequence
+from roost.llama.batch import Batch
+from roost.llama.context import ContextParams, LlamaContext
 from roost.llama.model import LlamaModel
-from roost.llama.sampler import SamplerSpec
+from roost.llama.sampler import Sampler, SamplerSpec
 
 
 async def _scenario() -> tuple[int, int, list[int]]:
@@ -119,3 +125,38 @@ async def _failed_leader_scenario() -> tuple[str | None, list[int]]:
 def test_followers_of_a_failed_leader_compute_their_prompt() -> None:
     error, num_tokens = asyncio.run(_failed_leader_scenario())
     assert error and num_tokens == [3, 3]
+
+
+def test_runner_fills_the_batch_in_sequence_id_order(local_model: LlamaModel) -> None:
+    # llama.cpp runs a split-cache batch out of stream order 1.5-2x slower: the runner sorts
+    ctx = LlamaContext(local_model, ContextParams(1024, 512, 4, 2))
+    runner = Runner(ctx, 512)
+    decoded: list[list[int]] = []
+    decode = ctx.decode
+
+    def spy(batch: Batch) -> None:
+        decoded.append([batch.raw.seq_id[i][0] for i in range(batch.num_tokens)])
+        decode(batch)
+
+    ctx.decode = spy  # type: ignore[method-assign]
+    try:
+        plan = Plan()
+        seqs = []
+        for seq_id, text in zip([3, 0, 2, 1], ["a cat", "the sea", "red", "hi there"], strict=True):
+            seq = Sequence(
+                str(seq_id), local_model.tokenize(text), SamplingParams(), lambda _: None, 512
+            )
+            seq.slot = Slot(seq_id)
+            seq.sampler = Sampler(local_model, SamplerSpec(temperature=0))
+            plan.chunks.append(Chunk(seq, 0, len(seq.tokens)))
+            seqs.append(seq)
+        samples = runner.execute(plan)
+        assert decoded == [sorted(decoded[0])]
+        assert sorted(sample.seq.request_id for sample in samples) == ["0", "1", "2", "3"]
+        for seq in seqs:  # each sequence's KV holds exactly its own prompt
+            assert seq.slot is not None and seq.sampler is not None
+            assert ctx.seq_pos_max(seq.slot.seq_id) == len(seq.tokens) - 1
+            seq.sampler.close()
+    finally:
+        runner.close()
+        ctx.close()

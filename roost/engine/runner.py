@@ -18,6 +18,11 @@ class Sample:
     logprob: TokenLogprob | None
 
 
+def _seq_id(chunk: Chunk) -> int:
+    assert chunk.seq.slot is not None
+    return chunk.seq.slot.seq_id
+
+
 class Runner:
     """The only engine part that calls into llama.cpp during a step."""
 
@@ -32,12 +37,15 @@ class Runner:
             self.ctx.seq_remove(seq_id, keep, -1)
         if not plan.chunks:
             return []
+        # in sequence-id order: llama.cpp decodes a batch whose sequences are out of order
+        # 1.5-2x slower with a split KV cache (one stream per sequence; measured at 16)
+        chunks = sorted(plan.chunks, key=_seq_id)
         self.batch.clear()
-        rows = [self._fill(chunk) for chunk in plan.chunks]
+        rows = [self._fill(chunk) for chunk in chunks]
         self.ctx.decode(self.batch)
         self.num_decoded += self.batch.num_tokens
         samples: list[Sample] = []
-        for chunk, first_row in zip(plan.chunks, rows, strict=True):
+        for chunk, first_row in zip(chunks, rows, strict=True):
             seq = chunk.seq
             assert seq.slot is not None
             if seq.needs_prompt_logits:
