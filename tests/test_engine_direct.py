@@ -160,3 +160,38 @@ def test_runner_fills_the_batch_in_sequence_id_order(local_model: LlamaModel) ->
     finally:
         runner.close()
         ctx.close()
+
+
+async def _copied_prefix_scenario(prime: bool) -> tuple[list[int], int, list[int]]:
+    """Two requests finish on sequence ids 0 and 1 (if `prime`); a third shares the second's
+    prompt."""
+    config = load_settings(None, parallel=2, ctx_size=2048, threads=2).resolved_models()[0]
+    model = await asyncio.to_thread(LlamaModel, config.path)
+    client = await asyncio.to_thread(EngineClient, config, model, asyncio.get_running_loop())
+    greedy = SamplingParams(max_tokens=8, sampler=SamplerSpec(temperature=0))
+
+    async def run(prompt: list[int]) -> tuple[list[int], int]:
+        events = [event async for event in client.submit(prompt, greedy)]
+        return [t for e in events for t in e.token_ids], events[-1].num_cached_tokens
+
+    try:
+        first = client.model.tokenize("The history of the lighthouse at the end of the pier. " * 3)
+        second = client.model.tokenize("A recipe for bread, with flour, water and salt. " * 3)
+        if prime:
+            await asyncio.gather(run(first), run(second))
+        slots = {tuple(slot.tokens[:5]): slot.seq_id for slot in client.engine.slots.slots}
+        tokens, cached = await run(second + client.model.tokenize(" And then"))
+        return tokens, cached, [slots.get(tuple(first[:5]), -1), slots.get(tuple(second[:5]), -1)]
+    finally:
+        await asyncio.to_thread(client.close)
+        model.close()
+
+
+def test_a_prefix_cached_on_a_higher_id_is_copied_to_the_lowest_free() -> None:
+    # split cache: running sequences stay on the lowest ids; the cached prefix moves with them
+    tokens, cached, held_by = asyncio.run(_copied_prefix_scenario(prime=True))
+    assert held_by == [0, 1]  # the reused prefix lives on sequence 1, the request runs on 0
+    assert cached > 20
+    fresh, fresh_cached, _ = asyncio.run(_copied_prefix_scenario(prime=False))
+    assert fresh_cached == 0
+    assert tokens == fresh  # greedy output from the copied KV equals a full computation

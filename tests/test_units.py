@@ -11,7 +11,7 @@ import pytest
 
 from roost.cli import build_parser
 from roost.config import load_settings
-from roost.engine.prefix_cache import SlotTable, common_prefix_len
+from roost.engine.prefix_cache import MIN_COPY_GAIN, SlotTable, common_prefix_len
 from roost.engine.sequence import StopMatcher
 from roost.llama.regex_gbnf import RegexError, regex_to_gbnf
 
@@ -237,3 +237,20 @@ def test_fast_content_chunks_equal_the_models(text: str) -> None:
     assert json.loads(fast[6:]) == json.loads(slow[6:])
     if text.isascii() and text.isprintable():
         assert fast == slow
+
+
+def test_compact_slot_table_runs_on_the_lowest_id_and_copies_the_prefix() -> None:
+    table = SlotTable(4, compact=True)
+    prompt = list(range(100, 140))
+    cached = table.slots[3]
+    cached.tokens = prompt[:30]
+    table.slots[0].tokens = prompt[:5]
+    got = table.acquire("a", [*prompt[:30], 7])
+    assert got is not None and got.slot.seq_id == 0 and got.num_reused == 30
+    assert got.copy_from is cached and got.slot.tokens == prompt[:30]
+    assert cached.tokens == prompt[:30]  # the source keeps its cache
+    # a gain under MIN_COPY_GAIN tokens is not worth a copy: the lowest id keeps its own prefix
+    table.slots[1].tokens = prompt[:3]
+    small = table.acquire("b", [*prompt[: 3 + MIN_COPY_GAIN - 1], 7])
+    assert small is not None and small.slot.seq_id == 1 and small.copy_from is None
+    assert small.num_reused == 3

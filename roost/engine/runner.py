@@ -1,4 +1,4 @@
-"""Executes a plan: apply KV trims, fill the batch, one decode, sample each finished row."""
+"""Executes a plan: apply KV copies and trims, fill the batch, one decode, sample each row."""
 
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ class Runner:
 
     def execute(self, plan: Plan) -> list[Sample]:
         """Run one step; returns what every sequence that reached its end of batch sampled."""
+        for src, dst in plan.copies:  # before any trim: a source may be trimmed in this step
+            self.ctx.seq_copy(src, dst)
         for seq_id, keep in plan.trims:
             self.ctx.seq_remove(seq_id, keep, -1)
         if not plan.chunks:

@@ -28,8 +28,10 @@ class Chunk:
 
 @dataclass
 class Plan:
-    """One step: KV trims to apply first (seq_id, keep), then one decode over the chunks."""
+    """One step: whole-sequence KV copies (src, dst), then KV trims (seq_id, keep), then one
+    decode over the chunks."""
 
+    copies: list[tuple[int, int]] = field(default_factory=list)
     trims: list[tuple[int, int]] = field(default_factory=list)
     chunks: list[Chunk] = field(default_factory=list)
 
@@ -108,6 +110,8 @@ class Scheduler:
                 seq.num_cached = acquired.num_reused
                 seq.is_admitted_once = True
             seq.status = SeqStatus.PREFILL if seq.num_uncomputed > 1 else SeqStatus.DECODE
+            if acquired.copy_from is not None:
+                plan.copies.append((acquired.copy_from.seq_id, acquired.slot.seq_id))
             plan.trims.append((acquired.slot.seq_id, acquired.num_reused))
             self.running.append(seq)
 
