@@ -64,7 +64,8 @@ class SlotTable:
     def acquire(self, owner: str, tokens: list[int], reuse: bool = True) -> Acquired | None:
         """Claim an idle slot and say how many leading tokens of its KV the request keeps.
 
-        Without `reuse` the cache is dropped, so take the least useful slot."""
+        Without `reuse` the cache is dropped, so take the least useful slot (compact: the
+        lowest id, as always)."""
         idle = [slot for slot in self.slots if slot.is_idle]
         if not idle:
             return None
