@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -20,11 +23,21 @@ from roost.llama.model import LlamaModel
 from roost.llama.sampler import Sampler, SamplerSpec
 
 
-async def _scenario() -> tuple[int, int, list[int]]:
-    config = load_settings(None, parallel=1, ctx_size=512, threads=2).resolved_models()[0]
+@contextlib.asynccontextmanager
+async def _engine(**settings: Any) -> AsyncIterator[EngineClient]:
+    """An engine on the embedded model (2 threads); closed, with its model, afterwards."""
+    config = load_settings(None, threads=2, **settings).resolved_models()[0]
     model = await asyncio.to_thread(LlamaModel, config.path)
     client = await asyncio.to_thread(EngineClient, config, model, asyncio.get_running_loop())
     try:
+        yield client
+    finally:
+        await asyncio.to_thread(client.close)
+        model.close()
+
+
+async def _scenario() -> tuple[int, int, list[int]]:
+    async with _engine(parallel=1, ctx_size=512) as client:
         params = SamplingParams(max_tokens=300, sampler=SamplerSpec(temperature=0))
         prompt = client.model.tokenize("Once upon a time")
         client.submit(prompt, params)  # dropped unread, like a response body never started
@@ -34,9 +47,6 @@ async def _scenario() -> tuple[int, int, list[int]]:
         short = SamplingParams(max_tokens=5, sampler=SamplerSpec(temperature=0))
         events = [event async for event in client.submit(prompt, short)]
         return after_drop, client.num_in_flight, [len(e.token_ids) for e in events]
-    finally:
-        await asyncio.to_thread(client.close)
-        model.close()
 
 
 def test_dropped_stream_frees_its_request() -> None:
@@ -46,19 +56,13 @@ def test_dropped_stream_frees_its_request() -> None:
 
 
 async def _failure_scenario() -> tuple[list[str | None], int]:
-    config = load_settings(None, parallel=1, ctx_size=512, threads=2).resolved_models()[0]
-    model = await asyncio.to_thread(LlamaModel, config.path)
-    client = await asyncio.to_thread(EngineClient, config, model, asyncio.get_running_loop())
-    try:
+    async with _engine(parallel=1, ctx_size=512) as client:
         prompt = client.model.tokenize("Hello")
         broken = SamplingParams(max_tokens=5, sampler=SamplerSpec(grammar="root ::= ( unclosed"))
         failed = [event async for event in client.submit(prompt, broken)]
         fine = SamplingParams(max_tokens=4, sampler=SamplerSpec(temperature=0))
         served = [event async for event in client.submit(prompt, fine)]
         return [e.error for e in failed], sum(len(e.token_ids) for e in served)
-    finally:
-        await asyncio.to_thread(client.close)
-        model.close()
 
 
 def test_a_failing_request_does_not_stop_the_engine() -> None:
@@ -69,13 +73,7 @@ def test_a_failing_request_does_not_stop_the_engine() -> None:
 
 
 async def _group_scenario(parallel: int, n: int, kv_unified: bool = False) -> tuple[int, list[str]]:
-    settings = load_settings(
-        None, parallel=parallel, ctx_size=2048, threads=2, kv_unified=kv_unified
-    )
-    config = settings.resolved_models()[0]
-    model = await asyncio.to_thread(LlamaModel, config.path)
-    client = await asyncio.to_thread(EngineClient, config, model, asyncio.get_running_loop())
-    try:
+    async with _engine(parallel=parallel, ctx_size=2048, kv_unified=kv_unified) as client:
         prompt = client.model.tokenize("Tell me everything about the ocean. " * 12)
         params = SamplingParams(max_tokens=4, sampler=SamplerSpec(temperature=0))
         before = client.engine.runner.num_decoded
@@ -85,9 +83,6 @@ async def _group_scenario(parallel: int, n: int, kv_unified: bool = False) -> tu
 
         texts = await asyncio.gather(*map(text, client.submit_group(prompt, [params] * n)))
         return client.engine.runner.num_decoded - before - n * 4, list(texts)
-    finally:
-        await asyncio.to_thread(client.close)
-        model.close()
 
 
 @pytest.mark.parametrize("kv_unified", [False, True])
@@ -106,10 +101,7 @@ def test_a_group_larger_than_the_slots_still_completes() -> None:
 
 
 async def _failed_leader_scenario() -> tuple[str | None, list[int]]:
-    config = load_settings(None, parallel=2, ctx_size=1024, threads=2).resolved_models()[0]
-    model = await asyncio.to_thread(LlamaModel, config.path)
-    client = await asyncio.to_thread(EngineClient, config, model, asyncio.get_running_loop())
-    try:
+    async with _engine(parallel=2, ctx_size=1024) as client:
         prompt = client.model.tokenize("Hello there")
         broken = SamplingParams(max_tokens=3, sampler=SamplerSpec(grammar="root ::= ( unclosed"))
         fine = SamplingParams(max_tokens=3, sampler=SamplerSpec(temperature=0))
@@ -117,9 +109,6 @@ async def _failed_leader_scenario() -> tuple[str | None, list[int]]:
         failed = [event async for event in leader]
         served = [[e async for e in follower] for follower in followers]
         return failed[-1].error, [sum(len(e.token_ids) for e in events) for events in served]
-    finally:
-        await asyncio.to_thread(client.close)
-        model.close()
 
 
 def test_followers_of_a_failed_leader_compute_their_prompt() -> None:
@@ -165,16 +154,13 @@ def test_runner_fills_the_batch_in_sequence_id_order(local_model: LlamaModel) ->
 async def _copied_prefix_scenario(prime: bool) -> tuple[list[int], int, list[int]]:
     """Two requests finish on sequence ids 0 and 1 (if `prime`); a third shares the second's
     prompt."""
-    config = load_settings(None, parallel=2, ctx_size=2048, threads=2).resolved_models()[0]
-    model = await asyncio.to_thread(LlamaModel, config.path)
-    client = await asyncio.to_thread(EngineClient, config, model, asyncio.get_running_loop())
     greedy = SamplingParams(max_tokens=8, sampler=SamplerSpec(temperature=0))
+    async with _engine(parallel=2, ctx_size=2048) as client:
 
-    async def run(prompt: list[int]) -> tuple[list[int], int]:
-        events = [event async for event in client.submit(prompt, greedy)]
-        return [t for e in events for t in e.token_ids], events[-1].num_cached_tokens
+        async def run(prompt: list[int]) -> tuple[list[int], int]:
+            events = [event async for event in client.submit(prompt, greedy)]
+            return [t for e in events for t in e.token_ids], events[-1].num_cached_tokens
 
-    try:
         first = client.model.tokenize("The history of the lighthouse at the end of the pier. " * 3)
         second = client.model.tokenize("A recipe for bread, with flour, water and salt. " * 3)
         if prime:
@@ -182,9 +168,6 @@ async def _copied_prefix_scenario(prime: bool) -> tuple[list[int], int, list[int
         slots = {tuple(slot.tokens[:5]): slot.seq_id for slot in client.engine.slots.slots}
         tokens, cached = await run(second + client.model.tokenize(" And then"))
         return tokens, cached, [slots.get(tuple(first[:5]), -1), slots.get(tuple(second[:5]), -1)]
-    finally:
-        await asyncio.to_thread(client.close)
-        model.close()
 
 
 def test_a_prefix_cached_on_a_higher_id_is_copied_to_the_lowest_free() -> None:

@@ -26,6 +26,20 @@ PERSON = {
 ASK = [{"role": "user", "content": "Describe a user of a web site as JSON."}]
 
 
+def _constrained(
+    client: openai.OpenAI, prompt: str, max_tokens: int, seed: int, **constraint: object
+) -> openai.types.Completion:
+    """A completion sampled at temperature 1 under one constraint field (`guided_regex`, ...)."""
+    return client.completions.create(
+        model=MODEL,
+        prompt=prompt,
+        max_tokens=max_tokens,
+        seed=seed,
+        temperature=1.0,
+        extra_body=constraint,
+    )
+
+
 def _assert_schema_replies(
     client: openai.OpenAI, json_schema: dict[str, Any], num_seeds: int, max_tokens: int
 ) -> None:
@@ -71,14 +85,7 @@ def test_response_format_on_completions(client: openai.OpenAI) -> None:
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
     fmt = {"type": "json_schema", "json_schema": {"name": "flag", "schema": schema}}
     for seed in range(3):
-        out = client.completions.create(
-            model=MODEL,
-            prompt="Answer in JSON:",
-            max_tokens=60,
-            seed=seed,
-            temperature=1.0,
-            extra_body={"response_format": fmt},
-        )
+        out = _constrained(client, "Answer in JSON:", 60, seed, response_format=fmt)
         assert out.choices[0].finish_reason == "stop"
         jsonschema.validate(json.loads(out.choices[0].text), schema)
 
@@ -86,23 +93,10 @@ def test_response_format_on_completions(client: openai.OpenAI) -> None:
 def test_guided_choice_and_regex_on_completions(client: openai.OpenAI) -> None:
     choices = ["positive", "negative", "neutral"]
     for seed in range(4):
-        out = client.completions.create(
-            model=MODEL,
-            prompt="The review 'great product!' is",
-            max_tokens=10,
-            seed=seed,
-            temperature=1.0,
-            extra_body={"guided_choice": choices},
-        )
+        review = "The review 'great product!' is"
+        out = _constrained(client, review, 10, seed, guided_choice=choices)
         assert out.choices[0].text in choices
-        code = client.completions.create(
-            model=MODEL,
-            prompt="A product code:",
-            max_tokens=20,
-            seed=seed,
-            temperature=1.0,
-            extra_body={"guided_regex": "[A-Z]{3}-[0-9]{2,4}"},
-        )
+        code = _constrained(client, "A product code:", 20, seed, guided_regex="[A-Z]{3}-[0-9]{2,4}")
         assert re.fullmatch(r"[A-Z]{3}-[0-9]{2,4}", code.choices[0].text)
 
 
@@ -119,14 +113,7 @@ def test_guided_choice_and_regex_on_completions(client: openai.OpenAI) -> None:
 def test_guided_regex_escapes_and_classes(client: openai.OpenAI, pattern: str) -> None:
     # escapes (\d \w \s \. \( ...) are translated by roost, not by the JSON-schema converter
     for seed in range(3):
-        out = client.completions.create(
-            model=MODEL,
-            prompt="Example:",
-            max_tokens=40,
-            seed=seed,
-            temperature=1.0,
-            extra_body={"guided_regex": pattern},
-        )
+        out = _constrained(client, "Example:", 40, seed, guided_regex=pattern)
         assert out.choices[0].finish_reason == "stop"
         assert re.fullmatch(pattern, out.choices[0].text), out.choices[0].text
 

@@ -85,9 +85,10 @@ class SlotTable:
         if not self.compact:
             return self._claim(best, owner, best_len)
         slot = min(idle, key=lambda s: s.seq_id)
+        own_len = reusable(slot)
         # a copy moves the whole stream (5-12 ms here): only for a real gain over the slot's own
-        if best_len - reusable(slot) < MIN_COPY_GAIN:
-            return self._claim(slot, owner, reusable(slot))
+        if best_len - own_len < MIN_COPY_GAIN:
+            return self._claim(slot, owner, own_len)
         slot.tokens = best.tokens
         return self._claim(slot, owner, best_len, copy_from=best)
 
