@@ -80,3 +80,34 @@ def test_bad_extras_are_400(server: Server, extra: dict, param: str) -> None:
     with server.http() as http:
         resp = http.post("/v1/chat/completions", json={"model": MODEL, "messages": HI, **extra})
     assert resp.status_code == 400 and resp.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    [
+        {"guided_choice": ["yes"]},
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "b", "schema": {"type": "boolean"}},
+            }
+        },
+    ],
+)
+def test_a_complete_format_ends_the_output_before_min_tokens(
+    client: openai.OpenAI, constraint: dict
+) -> None:
+    # once the format is complete only an end token is allowed; min_tokens bans end tokens,
+    # and drawing anything else used to abort the whole server inside llama.cpp's grammar
+    constrained = client.chat.completions.create(
+        model=MODEL,
+        messages=HI,
+        temperature=1,  # greedy happened to draw end token 0 from all -inf; a draw does not
+        seed=1,
+        max_tokens=12,
+        extra_body={"min_tokens": 8, **constraint},
+    )
+    assert constrained.choices[0].finish_reason == "stop"
+    assert constrained.usage.completion_tokens < 8  # type: ignore[union-attr]
+    assert (constrained.choices[0].message.content or "").strip() in ("yes", "true", "false")
+    assert _chat(client, max_tokens=3).choices[0].finish_reason == "length"  # still serving

@@ -105,7 +105,8 @@ class Engine:
     def _admit(self, seq: Sequence) -> None:
         # penalties cover every generated token: the window is the whole context
         params = seq.params
-        # min_tokens: end tokens cannot be sampled until then (the ban is lifted in _step)
+        # min_tokens: end tokens are banned until then (lifted in _step); a complete grammar
+        # still ends the output early, since then nothing else may be drawn
         banned = self.model.eog_ids | params.stop_token_ids if params.min_tokens else frozenset()
         spec = replace(params.sampler, penalty_last_n=self.max_seq_len, banned=banned)
         try:

@@ -11,6 +11,11 @@ from roost.llama.context import LlamaContext
 from roost.llama.model import LlamaModel
 
 RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks a random seed
+# A banned token's bias: far below any real logit, so it is never drawn while anything else
+# may be, but finite. When a grammar allows nothing but an end token (the format is complete),
+# that token must stay drawable: with -inf on every candidate llama.cpp would draw a token the
+# grammar rejects, and its grammar aborts the whole process.
+BAN_BIAS = -1e6
 
 
 @dataclass(frozen=True)
@@ -28,7 +33,7 @@ class SamplerSpec:
     penalty_last_n: int = 64
     logit_bias: dict[int, float] = field(default_factory=dict)
     grammar: str | None = None  # GBNF with a `root` rule: only matching text can be sampled
-    banned: frozenset[int] = frozenset()  # never sampled until `lift_ban()` (min_tokens)
+    banned: frozenset[int] = frozenset()  # BAN_BIAS until `lift_ban()` (min_tokens)
 
 
 class Sampler:
@@ -50,7 +55,7 @@ class Sampler:
     def _stages(model: LlamaModel, spec: SamplerSpec) -> Iterator[llama_cpp.llama_sampler_p]:
         num_vocab = model.num_vocab
         if spec.banned:  # first, so that lift_ban() removes stage 0
-            yield _bias_stage(num_vocab, dict.fromkeys(spec.banned, float("-inf")))
+            yield _bias_stage(num_vocab, dict.fromkeys(spec.banned, BAN_BIAS))
         if spec.logit_bias:
             yield _bias_stage(num_vocab, spec.logit_bias)
         if spec.grammar:
