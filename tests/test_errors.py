@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import openai
 import pytest
 
@@ -52,6 +53,105 @@ def test_invalid_field_names_param(server: Server, field: str, value: object, pa
     error = _error(resp)
     assert error["param"] == param
     assert error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_tokens", "3"),
+        ("max_tokens", True),
+        ("n", 2.0),
+        ("temperature", "0.5"),
+        ("seed", True),
+        ("stream", "yes"),
+        ("stream", 1),
+        ("logprobs", 1),
+    ],
+)
+def test_wrong_json_types_are_not_coerced(server: Server, field: str, value: object) -> None:
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 2, field: value}
+    with server.http() as http:
+        resp = http.post("/v1/chat/completions", json=body)
+    assert resp.status_code == 400, resp.text
+    assert _error(resp)["param"] == field
+    assert _error(resp)["code"] == "invalid_type"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", '{"model": "%s", "prompt": "\\ud800 x"}'),
+        (
+            "/v1/chat/completions",
+            '{"model": "%s", "messages": [{"role": "user", "content": "\\udfff"}]}',
+        ),
+        (
+            "/v1/chat/completions",
+            '{"model": "\\ud800", "messages": [{"role": "user", "content": "x"}]}',
+        ),
+        ("/v1/embeddings", '{"model": "%s", "input": "a \\ud83d"}'),
+        ("/tokenize", '{"model": "%s", "prompt": "\\ud800"}'),
+    ],
+)
+def test_unpaired_surrogate_escapes_are_400(server: Server, path: str, body: str) -> None:
+    # legal JSON, but the strings cannot be encoded: they used to reach a 500 and a traceback
+    content = body.replace("%s", MODEL).encode()
+    with server.http() as http:
+        resp = http.post(path, content=content, headers={"content-type": "application/json"})
+        assert resp.status_code == 400, resp.text
+        assert "surrogate" in _error(resp)["message"]
+        paired = b'{"model": "%s", "prompt": "\\ud83d\\ude00", "max_tokens": 1}' % MODEL.encode()
+        ok = http.post(
+            "/v1/completions", content=paired, headers={"content-type": "application/json"}
+        )
+    assert ok.status_code == 200, ok.text  # an escaped pair is one valid character
+
+
+@pytest.mark.parametrize("content", [b'{"model": "\xff"}', b"[" * 100_000])
+def test_undecodable_bodies_are_400_with_a_code(server: Server, content: bytes) -> None:
+    with server.http() as http:
+        resp = http.post(
+            "/v1/completions", content=content, headers={"content-type": "application/json"}
+        )
+    assert resp.status_code == 400
+    assert _error(resp)["code"] == "invalid_value"
+
+
+@pytest.mark.parametrize(
+    ("message", "param", "phrase"),
+    [
+        ({"role": "user"}, "messages[0].content", "needs content"),
+        ({"role": "system", "content": None}, "messages[0].content", "needs content"),
+        ({"role": "user", "content": [{"type": "text"}]}, "messages[0].content[0]", "'text' field"),
+        (
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+            "messages[0].content[0]",
+            "not supported",
+        ),
+        (
+            {"role": "user", "content": [{"type": "refusal", "refusal": "no"}]},
+            "messages[0].content[0]",
+            "assistant",
+        ),
+    ],
+)
+def test_bad_message_content_is_400(server: Server, message: dict, param: str, phrase: str) -> None:
+    with server.http() as http:
+        resp = http.post("/v1/chat/completions", json={"model": MODEL, "messages": [message]})
+    assert resp.status_code == 400, resp.text
+    assert _error(resp)["param"] == param
+    assert phrase in str(_error(resp)["message"])
+
+
+def test_an_assistant_refusal_part_is_history(server: Server) -> None:
+    messages = [
+        {"role": "user", "content": "Tell me a secret."},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't."}]},
+        {"role": "user", "content": "Then say hi."},
+    ]
+    body = {"model": MODEL, "messages": messages, "max_tokens": 1}
+    with server.http() as http:
+        assert http.post("/v1/chat/completions", json=body).status_code == 200
 
 
 def test_missing_required_field(server: Server) -> None:
@@ -142,8 +242,6 @@ def test_api_key_required_on_v1(keyed_server: Server) -> None:
         keyed_server.client(api_key="wrong").chat.completions.create(model=MODEL, messages=HELLO)
     good = keyed_server.client()
     assert good.models.list().data[0].id == MODEL
-    import httpx
-
     base = keyed_server.base_url
     assert httpx.get(f"{base}/v1/models", headers={"X-Api-Key": "sekrit"}).status_code == 200
     missing = httpx.post(f"{base}/v1/completions", json={})
@@ -151,6 +249,26 @@ def test_api_key_required_on_v1(keyed_server: Server) -> None:
     assert missing.json()["error"]["code"] == "invalid_api_key"
     assert httpx.get(f"{base}/v1/models", headers={"Authorization": "Bearer"}).status_code == 401
     assert httpx.get(f"{base}/health").status_code == 200  # public
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "content"),
+    [
+        ("POST", "/v1/chat/completions", b"{not json"),  # the key is checked before the body
+        ("POST", "/v1/chat/completions/", b"{}"),
+        ("GET", "/v1/chat/completions", b""),
+        ("GET", "/v1/no-such-route", b""),
+        ("POST", "/tokenize", b"{}"),
+        ("POST", "/detokenize", b"{}"),
+    ],
+)
+def test_no_key_is_401_before_anything_else(
+    keyed_server: Server, method: str, path: str, content: bytes
+) -> None:
+    headers = {"content-type": "application/json"}
+    resp = httpx.request(method, keyed_server.base_url + path, content=content, headers=headers)
+    assert resp.status_code == 401, resp.text
+    assert _error(resp)["code"] == "invalid_api_key"
 
 
 def test_health_is_503_loading_until_models_are_ready() -> None:

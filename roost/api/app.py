@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from roost import __version__
+from roost.api.auth import APIKeyGuard
 from roost.api.errors import install_handlers
 from roost.api.registry import ModelRegistry
-from roost.api.routes import public, tokenizer, v1
+from roost.api.routes import root, v1
 from roost.chat.server_tools import load_server_tool
 from roost.config import Settings
 
@@ -36,9 +37,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.registry = registry
     app.state.settings = settings
     app.state.server_tools = server_tools
-    app.state.api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    app.add_middleware(APIKeyGuard, api_key=api_key)
     install_handlers(app)
-    app.include_router(public)
+    app.include_router(root)
     app.include_router(v1)
-    app.include_router(tokenizer)
     return app

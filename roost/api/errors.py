@@ -107,16 +107,23 @@ def install_handlers(app: FastAPI) -> None:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
         param = _param_from_loc(tuple(first.get("loc", ())))
-        if first.get("type") == "json_invalid":
-            message, param = "We could not parse the JSON body of your request.", None
+        kind = str(first.get("type", ""))
+        if kind == "json_invalid":
+            reason = first.get("ctx", {}).get("error", "")
+            message = f"We could not parse the JSON body of your request: {reason}"
+            param = None
         else:
             message = f"{param or 'body'}: {first.get('msg', 'invalid value')}"
-        body = error_body(message, "invalid_request_error", param, "invalid_value")
+        # pydantic's "int_type", "string_type", ...: a value of the wrong JSON type
+        code = "invalid_type" if kind.endswith("_type") else "invalid_value"
+        body = error_body(message, "invalid_request_error", param, code)
         return JSONResponse(body, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        code = {400: "invalid_value", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code
+        )
         body = error_body(str(exc.detail), "invalid_request_error", None, code)
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 

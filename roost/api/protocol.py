@@ -32,7 +32,9 @@ def new_id(prefix: str) -> str:
 
 
 class Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: "3" is not a max_tokens nor 1 a stream flag (OpenAI answers 400 invalid_type);
+    # a JSON integer still fills a float field
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -199,6 +201,13 @@ class TextPart(Request):
     text: str
 
 
+class RefusalPart(Request):
+    """An assistant's refusal, sent back in the history as OpenAI allows."""
+
+    type: Literal["refusal"]
+    refusal: str
+
+
 class ContentPart(Request):
     type: str
 
@@ -216,23 +225,32 @@ class MessageToolCall(Request):
 
 class ChatMessage(Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart | ContentPart] | None = None
+    content: str | list[TextPart | RefusalPart | ContentPart] | None = None
     name: str | None = None
     tool_calls: list[MessageToolCall] | None = None
     tool_call_id: str | None = None
 
     def text(self, index: int) -> str:
+        param = f"messages[{index}].content"
+        if self.content is None and self.role != "assistant":  # an assistant may only call
+            raise InvalidRequest(f"a '{self.role}' message needs content", param=param)
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
-        pieces = []
-        for part in self.content:
-            if not isinstance(part, TextPart):
-                raise InvalidRequest(
-                    f"content part type '{part.type}' is not supported by this model",
-                    param=f"messages[{index}].content",
-                )
-            pieces.append(part.text)
-        return "".join(pieces)
+        parts = enumerate(self.content)
+        return "".join(self._part_text(part, f"{param}[{i}]") for i, part in parts)
+
+    def _part_text(self, part: TextPart | RefusalPart | ContentPart, param: str) -> str:
+        if isinstance(part, TextPart):
+            return part.text
+        if isinstance(part, RefusalPart):
+            if self.role == "assistant":
+                return part.refusal
+            raise InvalidRequest("'refusal' parts belong to assistant messages", param=param)
+        if part.type in ("text", "refusal"):  # it matched neither model: its field is missing
+            raise InvalidRequest(f"a '{part.type}' part needs a '{part.type}' field", param=param)
+        raise InvalidRequest(
+            f"content part type '{part.type}' is not supported by this model", param=param
+        )
 
 
 def _checked_schema(value: Any, param: str) -> dict[str, Any]:

@@ -1,14 +1,14 @@
-"""HTTP routes: /health (public), and the /v1 surface behind the optional API key."""
+"""HTTP routes: /health, the /v1 surface and vLLM's tokenizer routes (the API key: auth.py)."""
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from roost.api.errors import InvalidAPIKey, InvalidRequest
+from roost.api.body import UnicodeJSONRoute
+from roost.api.errors import InvalidRequest
 from roost.api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -33,27 +33,11 @@ def registry_of(request: Request) -> ModelRegistry:
 Registry = Annotated[ModelRegistry, Depends(registry_of)]
 
 
-def require_api_key(
-    request: Request,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
-) -> None:
-    expected: str | None = request.app.state.api_key
-    if expected is None:
-        return
-    offered = x_api_key or ""
-    if authorization and authorization.lower().startswith("bearer "):
-        offered = authorization[7:].strip()
-    if not hmac.compare_digest(offered.encode(), expected.encode()):
-        raise InvalidAPIKey()
+root = APIRouter(route_class=UnicodeJSONRoute)  # /health, vLLM's /tokenize and /detokenize
+v1 = APIRouter(prefix="/v1", route_class=UnicodeJSONRoute)
 
 
-public = APIRouter()
-v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
-tokenizer = APIRouter(dependencies=[Depends(require_api_key)])
-
-
-@public.get("/health")
+@root.get("/health")
 async def health(registry: Registry, request: Request) -> JSONResponse:
     body = {
         "status": registry.status.value,
@@ -92,7 +76,7 @@ async def chat_alias(body: ChatCompletionRequest, registry: Registry, request: R
     return await create_chat_completion(body, registry, request)
 
 
-@tokenizer.post("/tokenize")
+@root.post("/tokenize")
 async def tokenize(body: TokenizeRequest, registry: Registry) -> TokenizeResponse:
     served = registry.get(body.model)
     if (body.prompt is None) == (body.messages is None):
@@ -109,7 +93,7 @@ async def tokenize(body: TokenizeRequest, registry: Registry) -> TokenizeRespons
     return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=served.max_model_len)
 
 
-@tokenizer.post("/detokenize")
+@root.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, registry: Registry) -> DetokenizeResponse:
     served = registry.get(body.model)
     if body.tokens:  # an empty list detokenizes to ""
