@@ -338,3 +338,13 @@ def test_tool_aware_template_receives_tools(native_server: Server) -> None:
     again = client.chat.completions.create(model="native", messages=history, max_tokens=5)
     assert again.choices[0].finish_reason in ("stop", "length")
     assert calls[0][0] == "get_weather"
+
+
+def test_a_forced_call_cut_by_max_tokens_leaks_no_markup(client: openai.OpenAI) -> None:
+    # 3 tokens end inside "<tool_call>": the held-back start of the marker is not content
+    args = {"model": MODEL, "messages": ASK, "tools": [WEATHER], "tool_choice": "required"}
+    reply = client.chat.completions.create(**args, max_tokens=3)  # type: ignore[call-overload]
+    assert reply.choices[0].finish_reason == "length"
+    assert not reply.choices[0].message.content
+    chunks = list(client.chat.completions.create(**args, max_tokens=3, stream=True))  # type: ignore[call-overload]
+    assert not "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)

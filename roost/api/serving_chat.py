@@ -53,6 +53,7 @@ from roost.chat.tools import (
     ToolCallParser,
     ToolCallStream,
     find_marker,
+    partial_marker_len,
 )
 from roost.chat.tools import parser_for_template as _parser_for_template
 from roost.engine.client import RequestStream
@@ -299,10 +300,13 @@ async def _run_server_calls(
 
 
 def _without_cut_call(parsed: ParsedOutput, parser: ToolCallParser) -> ParsedOutput:
-    """A call cut short by max_tokens cannot parse; its markup must not become content."""
+    """A call cut short by max_tokens cannot parse; neither its markup nor the start of a
+    marker (held back while streaming, "<tool_") may become content."""
     content = parsed.content or ""
     cut = find_marker(content, parser.start_markers)
-    return ParsedOutput(content[:cut] if cut is not None else content, parsed.tool_calls)
+    if cut is None:
+        cut = len(content) - partial_marker_len(content, parser.start_markers)
+    return ParsedOutput(content[:cut], parsed.tool_calls)
 
 
 def _call_out(call: ToolCall) -> ToolCallOut:

@@ -257,7 +257,7 @@ class StreamState(enum.Enum):
     BUFFERING = "buffering"  # a start marker was seen; everything from it waits for finish()
 
 
-def _partial_marker_len(text: str, markers: tuple[str, ...]) -> int:
+def partial_marker_len(text: str, markers: tuple[str, ...]) -> int:
     """Length of the longest tail of `text` that is a proper prefix of some marker."""
     sizes = (
         size
@@ -293,7 +293,7 @@ class ToolCallStream:
             self._buffer = [text[start:]]
             self._pending = ""
             return text[:start]
-        safe = len(text) - _partial_marker_len(text, self._parser.start_markers)
+        safe = len(text) - partial_marker_len(text, self._parser.start_markers)
         self._pending = text[safe:]
         return text[:safe]
 
