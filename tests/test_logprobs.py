@@ -152,3 +152,32 @@ def test_logprob_fields_out_of_range_are_400(
         resp = http.post(path, json=body)
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize("stop", ["How", " How can"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_text_has_no_logprobs_either(client: openai.OpenAI, stop: str, stream: bool) -> None:
+    # greedy: "Hello! How can I ...": " How" straddles the first stop, and " How" " can" (held
+    # back token by token) make up the second; neither may show up through logprobs
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=12,
+        temperature=0,
+        stop=stop,
+        logprobs=True,
+        stream=stream,
+    )
+    if stream:
+        choices = [chunk.choices[0] for chunk in reply if chunk.choices]  # type: ignore[union-attr]
+        text = "".join(c.delta.content or "" for c in choices)
+        entries = [e for c in choices if c.logprobs for e in c.logprobs.content or []]
+        finish = choices[-1].finish_reason
+    else:
+        text = reply.choices[0].message.content or ""  # type: ignore[union-attr]
+        entries = reply.choices[0].logprobs.content or []  # type: ignore[union-attr]
+        finish = reply.choices[0].finish_reason  # type: ignore[union-attr]
+    tokens = "".join(entry.token for entry in entries)
+    assert finish == "stop" and text.startswith("Hello!") and stop.strip() not in text
+    assert text.startswith(tokens) and stop.strip() not in tokens
+    assert len(entries) >= 2  # the tokens before the stop keep theirs

@@ -50,6 +50,7 @@ class StopMatcher:
         self.stops = tuple(s for s in stops if s)
         self.keep_stop = keep_stop  # emit the matched stop string itself (vLLM's option)
         self.pending = ""
+        self.is_matched = False
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Returns (text safe to emit, whether a stop string was hit)."""
@@ -59,6 +60,7 @@ class StopMatcher:
         hits = [(i, s) for s in self.stops if (i := buf.find(s)) >= 0]
         if hits:
             self.pending = ""
+            self.is_matched = True
             at, stop = min(hits)
             return buf[: at + len(stop) * self.keep_stop], True
         hold = max((self._partial(buf, s) for s in self.stops), default=0)
@@ -102,6 +104,7 @@ class Sequence:
         self.sampler: Sampler | None = None
         self.stop = StopMatcher(params.stop, params.include_stop_str_in_output)
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._held_logprobs: list[TokenLogprob] = []  # of tokens whose text StopMatcher holds
         self.finish_reason: FinishReason | None = None
         # n > 1: followers wait for the leader's prompt, then copy its KV and sample its logits
         self.leader: Sequence | None = None
@@ -143,8 +146,9 @@ class Sequence:
         self.tokens.append(token)
         params = self.params
         if (is_eog and not params.ignore_eos) or token in params.stop_token_ids:
-            return self._first(self.finish(FinishReason.STOP, [token]))
-        logprobs = [logprob] if logprob is not None else []
+            event = self.finish(FinishReason.STOP, [token])  # the end token has no text
+            event.logprobs = self._release_logprobs(None, event)
+            return self._first(event)
         text, is_stopped = self.stop.feed(self._utf8.decode(piece))
         if is_stopped:
             event = self.finish(FinishReason.STOP, [token], text, by_string=True)
@@ -154,8 +158,20 @@ class Sequence:
             event = self.finish(FinishReason.LENGTH, [token], text)
         else:
             event = Event(text=text, token_ids=[token])
-        event.logprobs = logprobs
+        event.logprobs = self._release_logprobs(logprob, event)
         return self._first(event)
+
+    def _release_logprobs(self, logprob: TokenLogprob | None, event: Event) -> list[TokenLogprob]:
+        """Logprobs travel with their text: a token whose text is held back (it may begin a
+        stop string) holds its logprob back too, and the tokens that make up a matched stop
+        string lose theirs, as they lose their text (llama.cpp's server drops them too)."""
+        if logprob is not None:
+            self._held_logprobs.append(logprob)
+        if event.finish_reason is None and self.stop.pending:
+            return []
+        released, self._held_logprobs = self._held_logprobs, []
+        is_cut = self.stop.is_matched and not self.stop.keep_stop
+        return [] if is_cut else released
 
     def _first(self, event: Event) -> Event:
         if self._is_first_event:
