@@ -115,6 +115,19 @@ def test_full_queue_is_503_with_retry_after(single_slot: Server, eog_bias: dict[
     assert _wait_idle(single_slot)
 
 
+def test_more_choices_than_the_server_holds_is_400_not_503(single_slot: Server) -> None:
+    # 1 slot + 0 waiting: n=2 could never be queued, so a retryable 503 would loop forever
+    with httpx.Client(base_url=single_slot.base_url, timeout=60) as http:
+        for path, body in (
+            ("/v1/completions", {"prompt": "x", "n": 2}),
+            ("/v1/completions", {"prompt": ["x", "y"]}),
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 2}),
+        ):
+            resp = http.post(path, json={"model": MODEL, "max_tokens": 1, **body})
+            assert resp.status_code == 400, resp.text
+            assert resp.json()["error"]["param"] == "n"
+
+
 @pytest.fixture(scope="module")
 def unified_small() -> Iterator[Server]:
     yield from start_server("--parallel", "4", "--ctx-size", "512", "--kv-unified")

@@ -17,6 +17,7 @@ from roost.api.errors import (
     APIError,
     ClientDisconnected,
     EngineFailure,
+    InvalidRequest,
     ServiceUnavailable,
     error_body,
 )
@@ -50,6 +51,13 @@ def submit_all(
     served: ServedModel, prompts: list[list[int]], params: SamplingParams, n: int = 1
 ) -> list[RequestStream]:
     """Queue n choices per prompt (stream i * n + j); all or none (a full queue cancels all)."""
+    capacity = served.client.max_in_flight
+    if len(prompts) * n > capacity:  # could never be queued: retrying a 503 would not help
+        raise InvalidRequest(
+            f"{len(prompts)} prompt(s) x {n} choices need {len(prompts) * n} sequences; this "
+            f"model holds at most {capacity} at once (parallel + max_waiting)",
+            param="n",
+        )
     streams: list[RequestStream] = []
     try:
         for prompt in prompts:
