@@ -38,6 +38,7 @@ class ModelConfig(BaseModel):
     batch_size: int | None = Field(default=None, ge=16)
     max_waiting: int | None = Field(default=None, ge=0)
     kv_unified: bool | None = None
+    flash_attn: bool | None = None
     chat_template: str | None = None
     generate: bool | None = None  # False: embeddings only (no generation context at all)
     embeddings: bool | None = None
@@ -56,6 +57,7 @@ class EngineConfig(BaseModel):
     max_waiting: int
     kv_unified: bool
     chat_template: str | None
+    flash_attn: bool = True  # llama.cpp's "auto"; False: chunking-independent logits
     generate: bool = True  # chat and completions
     embeddings: bool = True  # /v1/embeddings, from a context of its own
     embedding_ctx_size: int = 2048  # longest embedding input, before the training-context cap
@@ -94,6 +96,12 @@ class Settings(BaseSettings):
         default=False,
         description="one KV buffer shared by all sequences: any request may use the whole "
         "context, at the cost of slower attention under concurrency",
+    )
+    flash_attn: bool = Field(
+        default=True,
+        description="flash attention where llama.cpp supports it; with --no-flash-attn decoding "
+        "is about a tenth slower on CPU, but a prompt's logits no longer depend on how it was "
+        "split into chunks or served from the prefix cache, so seeded output repeats exactly",
     )
     threads: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="CPU threads"
@@ -152,6 +160,7 @@ class Settings(BaseSettings):
             max_waiting=self.max_waiting if entry.max_waiting is None else entry.max_waiting,
             kv_unified=self.kv_unified if entry.kv_unified is None else entry.kv_unified,
             chat_template=entry.chat_template,
+            flash_attn=self.flash_attn if entry.flash_attn is None else entry.flash_attn,
             generate=self.generate if entry.generate is None else entry.generate,
             embeddings=self.embeddings if entry.embeddings is None else entry.embeddings,
             embedding_ctx_size=entry.embedding_ctx_size or self.embedding_ctx_size,

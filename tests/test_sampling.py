@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import openai
+import pytest
 
 from roost.llama.model import LlamaModel
-from tests.conftest import MODEL
+from tests.conftest import MODEL, Server, start_server
 
 STORY = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
 
@@ -38,6 +41,25 @@ def test_same_seed_same_output(client: openai.OpenAI) -> None:
         for s in (1, 2, 3)
     }
     assert len(others | {first}) > 1
+
+
+@pytest.fixture(scope="module")
+def exact_server() -> Iterator[Server]:
+    yield from start_server("--no-flash-attn", "--parallel", "1", "--ctx-size", "1024")
+
+
+def test_without_flash_attention_a_cached_prompt_gives_the_same_logprobs(
+    exact_server: Server,
+) -> None:
+    # flash attention's kernels make a token's logits depend on its chunk's size, and a prompt
+    # served from the prefix cache decodes only its last token; without it the two agree
+    prompt = "The old lighthouse keeper climbed the stairs every night. " * 12  # > 64 tokens
+    client = exact_server.client()
+    args = {"model": MODEL, "prompt": prompt, "max_tokens": 6, "temperature": 0, "logprobs": 1}
+    cold = client.completions.create(**args)  # type: ignore[call-overload]
+    warm = client.completions.create(**args)  # type: ignore[call-overload]
+    assert warm.usage.prompt_tokens_details.cached_tokens > 64  # type: ignore[union-attr]
+    assert warm.choices[0].logprobs.token_logprobs == cold.choices[0].logprobs.token_logprobs
 
 
 def test_top_k_one_is_greedy(client: openai.OpenAI) -> None:

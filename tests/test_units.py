@@ -53,14 +53,15 @@ def test_common_prefix_len() -> None:
     assert common_prefix_len([], a) == 0
 
 
-def test_slot_table_prefers_longest_prefix_and_keeps_one_token() -> None:
+def test_slot_table_prefers_longest_prefix_and_recomputes_two_tokens() -> None:
     table = SlotTable(2)
     first = table.acquire("a", [1, 2, 3, 4])
     assert first is not None and first.num_reused == 0
     first.slot.tokens = [1, 2, 3, 4]
     table.release(first.slot, first.slot.tokens)
     again = table.acquire("b", [1, 2, 3, 4])
-    assert again is not None and again.slot is first.slot and again.num_reused == 3
+    # the last two prompt tokens are decoded again (MIN_RECOMPUTED): same logits as cold
+    assert again is not None and again.slot is first.slot and again.num_reused == 2
     other = table.acquire("c", [1, 2, 9])
     assert other is not None and other.slot is not first.slot
     assert table.acquire("d", [1]) is None
@@ -245,7 +246,7 @@ def test_compact_slot_table_runs_on_the_lowest_id_and_copies_the_prefix() -> Non
     cached = table.slots[3]
     cached.tokens = prompt[:30]
     table.slots[0].tokens = prompt[:5]
-    got = table.acquire("a", [*prompt[:30], 7])
+    got = table.acquire("a", [*prompt[:30], 7, 8])
     assert got is not None and got.slot.seq_id == 0 and got.num_reused == 30
     assert got.copy_from is cached and got.slot.tokens == prompt[:30]
     assert cached.tokens == prompt[:30]  # the source keeps its cache

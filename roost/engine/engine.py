@@ -42,6 +42,7 @@ class Engine:
                 config.parallel,
                 config.threads,
                 config.kv_unified,
+                config.flash_attn,
             ),
         )
         self.num_ctx = self.ctx.num_ctx  # KV cells in all

@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 
 _BLOCK = 256
 MIN_COPY_GAIN = 16  # compact mode: copy another slot's prefix only if it saves this many tokens
+# prompt tokens decoded again even when all are cached: the last one's logits start generation,
+# and llama.cpp's one-token decode computes them differently from the multi-token decode a cold
+# prompt gets (with --no-flash-attn two tokens make them bit-identical)
+MIN_RECOMPUTED = 2
 
 
 def common_prefix_len(a: list[int], b: list[int]) -> int:
@@ -77,8 +81,7 @@ class SlotTable:
             return self._claim(slot, owner, 0)
 
         def reusable(slot: Slot) -> int:
-            # at least one token must be decoded again: its logits start generation
-            return min(common_prefix_len(slot.tokens, tokens), len(tokens) - 1)
+            return max(0, min(common_prefix_len(slot.tokens, tokens), len(tokens) - MIN_RECOMPUTED))
 
         best = max(idle, key=lambda s: (reusable(s), -s.last_used))
         best_len = reusable(best)

@@ -27,6 +27,9 @@ class ContextParams:
     num_seq_max: int
     num_threads: int
     kv_unified: bool = False
+    # llama.cpp's "auto" (on for CPU). Its kernels give a token logits that depend on the size
+    # of the chunk it was decoded in (by up to ~0.5 here); without it they do not.
+    flash_attn: bool = True
 
 
 def context_params(params: ContextParams) -> llama_cpp.llama_context_params:
@@ -40,6 +43,11 @@ def context_params(params: ContextParams) -> llama_cpp.llama_context_params:
     cparams.n_threads = params.num_threads
     cparams.n_threads_batch = params.num_threads
     cparams.kv_unified = params.kv_unified
+    cparams.flash_attn_type = (
+        llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+        if params.flash_attn
+        else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    )
     cparams.no_perf = True
     return cparams
 
