@@ -11,8 +11,10 @@ import pytest
 
 from roost.cli import build_parser
 from roost.config import load_settings
+from roost.engine.params import SamplingParams
 from roost.engine.prefix_cache import MIN_COPY_GAIN, SlotTable, common_prefix_len
-from roost.engine.sequence import StopMatcher
+from roost.engine.scheduler import Plan, Scheduler
+from roost.engine.sequence import SeqStatus, Sequence, StopMatcher
 from roost.llama.regex_gbnf import RegexError, regex_to_gbnf
 
 
@@ -255,3 +257,36 @@ def test_compact_slot_table_runs_on_the_lowest_id_and_copies_the_prefix() -> Non
     small = table.acquire("b", [*prompt[: 3 + MIN_COPY_GAIN - 1], 7])
     assert small is not None and small.slot.seq_id == 1 and small.copy_from is None
     assert small.num_reused == 3
+
+
+def _computed(plan: Plan) -> None:
+    """What the runner and engine do after a decode, minus the model: one token per logits row."""
+    for chunk in plan.chunks:
+        seq = chunk.seq
+        assert seq.slot is not None
+        seq.slot.tokens.extend(seq.tokens[chunk.start : chunk.start + chunk.count])
+        seq.num_computed += chunk.count
+        if chunk.wants_logits:
+            seq.tokens.append(7)
+            seq.status = SeqStatus.DECODE
+
+
+def test_unified_cache_does_not_restart_a_preempted_prompt_every_step() -> None:
+    # two requests overflow a shared 1,024-cell cache: once the second is preempted it must wait
+    # for room, not refill the free cells and be preempted again at every step (it thrashed:
+    # 13x slower than running the two one after the other)
+    scheduler = Scheduler(SlotTable(2), num_ctx=1024, num_batch=512, shares_cells=True)
+    first, second = (
+        Sequence(name, list(range(444)), SamplingParams(), lambda _: None, 1024) for name in "ab"
+    )
+    scheduler.add(first)
+    _computed(scheduler.schedule())
+    scheduler.add(second)
+    num_prefills = 0
+    for _ in range(300):  # both grow a cell per step: the cache overflows after ~70 steps
+        plan = scheduler.schedule()
+        num_prefills += sum(c.count > 1 for c in plan.chunks if c.seq is second)
+        _computed(plan)
+    assert first.num_computed == 444 + 300  # the older request never lost its place
+    assert num_prefills == 1  # started once, preempted once, then waited
+    assert second.slot is None and list(scheduler.waiting) == [second]

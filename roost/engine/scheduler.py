@@ -39,10 +39,13 @@ class Plan:
 class Scheduler:
     """FIFO admission into free sequence ids; decoding tokens first, then prompt chunks."""
 
-    def __init__(self, slots: SlotTable, num_ctx: int, num_batch: int) -> None:
+    def __init__(
+        self, slots: SlotTable, num_ctx: int, num_batch: int, shares_cells: bool = False
+    ) -> None:
         self.slots = slots
         self.num_ctx = num_ctx
         self.num_batch = num_batch
+        self.shares_cells = shares_cells  # a unified KV cache: sequences compete for cells
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
 
@@ -98,6 +101,8 @@ class Scheduler:
     def _admit(self, plan: Plan) -> None:
         while self.waiting:
             seq = self.waiting[0]
+            if not self._has_room_for(seq):
+                return  # FIFO: the head waits, and so do those behind it
             # a follower's KV will be the leader's copy; prompt logprobs need every position
             reuse = not (seq.is_waiting_for_leader or seq.needs_prompt_logits)
             acquired = self.slots.acquire(seq.request_id, seq.tokens, reuse)
@@ -114,6 +119,16 @@ class Scheduler:
                 plan.copies.append((acquired.copy_from.seq_id, acquired.slot.seq_id))
             plan.trims.append((acquired.slot.seq_id, acquired.num_reused))
             self.running.append(seq)
+
+    def _has_room_for(self, seq: Sequence) -> bool:
+        """Unified cache: start a sequence only if all its tokens fit beside the running ones
+        (idle caches can be evicted) with a cell each for their next token. Else a generating
+        sequence would preempt it before its prompt is done, and again at every admission:
+        two requests overflowing the cache together took 13x their time alone."""
+        if not self.shares_cells or not self.running or seq.is_waiting_for_leader:
+            return True  # (a follower's prompt cells are the leader's, shared)
+        held = sum(len(s.slot.tokens) for s in self.running if s.slot is not None)
+        return len(seq.tokens) <= self.num_ctx - held - len(self.running)
 
     def _make_room(self, needed: int, plan: Plan, keep: Sequence, may_preempt: bool) -> int:
         """Free KV cells: drop idle caches (LRU) first, then preempt the newest sequences."""
