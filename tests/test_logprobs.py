@@ -81,6 +81,29 @@ def test_completion_text_offsets_index_the_text(client: openai.OpenAI) -> None:
         assert choice.text[offset : offset + len(token)] == token
 
 
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("prompt", "echo"),
+    [("é café naïve 日本語", True), ("Translate to Japanese: good morning ->", False)],
+)
+def test_text_offsets_count_a_split_character_once(
+    client: openai.OpenAI, prompt: str, echo: bool, stream: bool
+) -> None:
+    # "日" or "お" arrive as several byte tokens (shown as U+FFFD each): offsets counted from
+    # those pieces ran past the text and, with echo, went backwards into the prompt
+    args = {"model": MODEL, "prompt": prompt, "max_tokens": 12, "temperature": 0}
+    out = client.completions.create(**args, logprobs=1, echo=echo, stream=stream)  # type: ignore[call-overload]
+    choices = [chunk.choices[0] for chunk in out] if stream else [out.choices[0]]
+    text = "".join(c.text for c in choices)
+    tokens = [t for c in choices if c.logprobs for t in c.logprobs.tokens or []]
+    offsets = [o for c in choices if c.logprobs for o in c.logprobs.text_offset or []]
+    assert any("\ufffd" in t for t in tokens)  # the case under test: a split character
+    assert offsets == sorted(offsets) and all(0 <= o < len(text) for o in offsets)
+    for token, offset in zip(tokens, offsets, strict=True):
+        if "\ufffd" not in token:
+            assert text[offset : offset + len(token)] == token
+
+
 def test_chat_logprobs_shape_and_values(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
         model=MODEL, messages=QUESTION, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+
 from roost.api.protocol import ChatTokenLogprob, CompletionLogprobs, TopLogprob
 from roost.engine.logprobs import TokenLogprob
 from roost.llama.model import LlamaModel
@@ -31,13 +33,29 @@ def _named(
     return [(*_token(model, token), value) for token, value in top]
 
 
+class TextOffsets:
+    """Counts a choice's characters token by token, decoding their bytes in order: a character
+    split over two tokens counts once (shown as U+FFFD pieces, it would count twice)."""
+
+    def __init__(self, model: LlamaModel, special: bool) -> None:
+        self.model = model
+        self.special = special  # as the text was rendered (skip_special_tokens)
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def advance(self, token: int) -> int:
+        """The characters `token` adds to the text (none for the first bytes of a split one)."""
+        return len(self._utf8.decode(self.model.token_bytes(token, special=self.special)))
+
+
 def extend_completion_logprobs(
     out: CompletionLogprobs,
     model: LlamaModel,
     tokens: list[tuple[int, TokenLogprob | None]],
     offset: int,
-) -> int:
-    """Append (token, logprob) pairs in the legacy completions shape; returns the next offset.
+    offsets: TextOffsets,
+) -> None:
+    """Append (token, logprob) pairs in the legacy completions shape, `offset` being where the
+    first token's text starts; `offsets` carries a split character over from earlier calls.
 
     As OpenAI did, `top_logprobs` holds the top N and always the chosen token (up to N + 1);
     the first prompt token has no logprob: None.
@@ -46,7 +64,7 @@ def extend_completion_logprobs(
         text, _ = _token(model, token)
         out.tokens.append(text)
         out.text_offset.append(offset)
-        offset += len(text)
+        offset += offsets.advance(token)
         if lp is None:
             out.token_logprobs.append(None)
             out.top_logprobs.append(None)
@@ -55,4 +73,3 @@ def extend_completion_logprobs(
         top.setdefault(text, lp.logprob)
         out.token_logprobs.append(lp.logprob)
         out.top_logprobs.append(top)
-    return offset

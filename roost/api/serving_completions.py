@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from roost.api.logprobs import extend_completion_logprobs
+from roost.api.logprobs import TextOffsets, extend_completion_logprobs
 from roost.api.protocol import (
     Completion,
     CompletionChoice,
@@ -114,9 +114,18 @@ class _Writer:
             usage=usage,
         )
 
+    def text_offsets(self) -> TextOffsets:
+        """For one choice's generated tokens, rendered as its text was."""
+        return TextOffsets(self.model, special=not self.body.skip_special_tokens)
+
     def choice(self, index: int, prompt: Prompt, result: ChoiceResult) -> CompletionChoice:
         text, logprobs = self._render(
-            prompt, result.text, result.logprobs, result.prompt_logprobs, 0, self.body.echo
+            prompt,
+            result.text,
+            result.logprobs,
+            result.prompt_logprobs,
+            (0, self.text_offsets()),
+            self.body.echo,
         )
         return CompletionChoice(
             index=index, text=text, finish_reason=result.finish_reason, logprobs=logprobs
@@ -128,24 +137,28 @@ class _Writer:
         text: str,
         logprobs: list[TokenLogprob],
         prompt_logprobs: list[TokenLogprob | None] | None,
-        offset: int,
+        position: tuple[int, TextOffsets],
         is_echo: bool,
     ) -> tuple[str, CompletionLogprobs | None]:
-        """Text and logprobs of a choice (or of one stream event), led by the prompt's on echo."""
+        """Text and logprobs of a choice (or of one stream event), led by the prompt's on echo.
+        `position`: the characters of the choice sent so far, and its generated tokens' counter."""
+        offset, offsets = position
         out = CompletionLogprobs() if self.body.logprobs is not None else None
         if is_echo:
             if out is not None and prompt_logprobs is not None:
                 pairs = list(zip(prompt.tokens, prompt_logprobs, strict=True))
-                extend_completion_logprobs(out, self.model, pairs, offset)
+                prompt_offsets = TextOffsets(self.model, special=True)  # as prompt.text
+                extend_completion_logprobs(out, self.model, pairs, offset, prompt_offsets)
             text, offset = prompt.text + text, offset + len(prompt.text)
         if out is not None:
             generated = [(lp.token, lp) for lp in logprobs]
-            extend_completion_logprobs(out, self.model, generated, offset)
+            extend_completion_logprobs(out, self.model, generated, offset, offsets)
         return text, out
 
     async def chunks(self, streams: list[RequestStream]) -> AsyncIterator[str]:
         usage = Usage()
         offsets: list[int | None] = [None] * len(streams)  # text sent per choice; None: none
+        counters = [self.text_offsets() for _ in streams]
         async for index, event in merge(streams):
             check_event(event)
             reason = event.finish_reason.value if event.finish_reason else None
@@ -158,7 +171,7 @@ class _Writer:
                 event.text,
                 event.logprobs,
                 event.prompt_logprobs,
-                offset,
+                (offset, counters[index]),
                 is_first and self.body.echo,
             )
             offsets[index] = offset + len(text)
