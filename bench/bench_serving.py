@@ -309,15 +309,27 @@ def print_level(stats: dict[str, dict[int, LevelStats]], level: int, max_tokens:
         print("   ".join(ratios))
 
 
-def print_raw_speed(stats: dict[str, dict[int, LevelStats]], probe: dict[str, Any]) -> None:
-    raw = probe["gen_tok_per_s"]
-    line = f"\nllama.cpp raw generation (1 sequence, low-level API): {raw:.1f} tok/s"
-    c1 = stats.get("roost", {}).get(1)
-    if c1 is not None and c1.tpot_p50_ms:
-        roost_speed = 1000 / c1.tpot_p50_ms
-        line += f"; roost c=1 TPOT {c1.tpot_p50_ms:.1f} ms = {roost_speed:.1f} tok/s"
-        line += f" ({roost_speed / raw:.2f}x raw)"
-    print(line)
+def print_raw_speed(stats: dict[str, dict[int, LevelStats]], raw_tpots_ms: list[float]) -> None:
+    """c=1 TPOTs against llama.cpp's raw decode, timed in the same rounds as the servers."""
+    if not raw_tpots_ms:
+        return
+    raw_ms = statistics.median(raw_tpots_ms)
+    print(
+        f"\nllama.cpp raw generation (1 sequence, low-level API, once per c=1 round): "
+        f"TPOT p50 {raw_ms:.1f} ms = {1000 / raw_ms:.1f} tok/s"
+    )
+    for server, per_level in stats.items():
+        c1 = per_level.get(1)
+        if c1 is not None and c1.tpot_p50_ms:
+            print(
+                f"  {server} c=1 TPOT {c1.tpot_p50_ms:.1f} ms = {raw_ms / c1.tpot_p50_ms:.2f}x raw"
+            )
+    peer = stats.get("peer", {}).get(1)
+    if peer is not None and peer.tpot_p50_ms:
+        print(
+            f"  ceiling: a server decoding at raw speed with no overhead at all would reach "
+            f"about {peer.tpot_p50_ms / raw_ms:.2f}x the peer's c=1 speed"
+        )
 
 
 def check(label: str, value: float | None, target: float) -> str:
@@ -403,10 +415,15 @@ def start_servers(
 
 
 def bench_level(
-    urls: dict[str, str], args: argparse.Namespace, level: int, eog_ids: list[int]
+    urls: dict[str, str],
+    args: argparse.Namespace,
+    level: int,
+    eog_ids: list[int],
+    raw_tpots_ms: list[float],
 ) -> dict[str, LevelStats]:
     """One concurrency level in rounds of `level` requests, alternating the servers (and
-    their order) round by round, so a drift in the machine's speed hits every server alike."""
+    their order) round by round, so a drift in the machine's speed hits every server alike.
+    At c=1 every round also times llama.cpp's raw decode (appended to raw_tpots_ms)."""
     num_requests = args.requests_per_level or max(8, 2 * level)
     num_rounds = -(-num_requests // level)
     rounds: dict[str, list[LevelStats]] = {server: [] for server in urls}
@@ -419,6 +436,8 @@ def bench_level(
                     run_level(server, urls[server], level, level, args.max_tokens, eog_ids, first)
                 )
             )
+        if level == 1:
+            raw_tpots_ms.append(1000 / run_probe(args)["gen_tok_per_s"])
     merged = {}
     for server, parts in rounds.items():
         results = [r for part in parts for r in part.requests]
@@ -445,21 +464,25 @@ def main() -> int:
         flush=True,
     )
     stats: dict[str, dict[int, LevelStats]] = {}
+    raw_tpots_ms: list[float] = []
     log_dir = Path(tempfile.mkdtemp(prefix="bench_serving_"))  # server logs, kept for reading
     with contextlib.ExitStack() as stack:
         urls = start_servers(stack, args, log_dir)
         stats = {server: {} for server in urls}
         for level in args.concurrency:
-            for server, level_stats in bench_level(urls, args, level, probe["eog_ids"]).items():
+            for server, level_stats in bench_level(
+                urls, args, level, probe["eog_ids"], raw_tpots_ms
+            ).items():
                 stats[server][level] = level_stats
     for level in args.concurrency:
         print_level(stats, level, args.max_tokens)
-    print_raw_speed(stats, probe)
+    print_raw_speed(stats, raw_tpots_ms)
     print_targets(stats)
     if args.json:
         raw = {
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "probe": probe,
+            "raw_tpots_ms": raw_tpots_ms,
             "levels": [dataclasses.asdict(s) for per in stats.values() for s in per.values()],
         }
         args.json.write_text(json.dumps(raw, indent=2))
