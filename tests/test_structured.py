@@ -187,3 +187,47 @@ def test_unsupported_or_invalid_constraints_are_400(
         resp = http.post("/v1/chat/completions", json=body)
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"enum": ["a\\b", "c"]},  # a backslash was written into GBNF unescaped: "a\b" (backspace)
+        {"const": "line\nbreak\ttab"},
+        {"enum": ['say "hi"', "x"]},  # a quote made llama.cpp reject a valid schema
+        {"type": "integer", "enum": [7, 100], "minimum": 0, "maximum": 10},  # range ∩ enum: 7
+        {"type": "integer", "minimum": 0, "maximum": 5, "exclusiveMaximum": 1},  # the tighter: 0
+        {"type": ["string", "null"], "maxLength": 2},  # keywords kept on a type list
+        {  # pydantic's one-schema allOf wrapper around a $ref
+            "type": "object",
+            "properties": {"c": {"allOf": [{"$ref": "#/$defs/Color"}], "description": "fav"}},
+            "required": ["c"],
+            "$defs": {"Color": {"enum": ["red", "blue"]}},
+        },
+        {"type": "object", "properties": {"a\\b": {"type": "integer"}}, "required": ["a\\b"]},
+    ],
+)
+def test_schemas_with_escapes_bounds_and_wrappers_validate(
+    client: openai.OpenAI, schema: dict[str, Any]
+) -> None:
+    for seed in range(2):
+        out = _constrained(client, "JSON:", 40, seed, guided_json=schema)
+        assert out.choices[0].finish_reason == "stop", out.choices[0].text
+        jsonschema.validate(json.loads(out.choices[0].text), schema)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"allOf": [{"type": "string"}, {"maxLength": 3}]},  # became "{}" before
+        {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a", "b"]},
+        {"type": "string", "minLength": 5, "maxLength": 2},
+        {"type": "array", "minItems": 3, "maxItems": 1},
+    ],
+)
+def test_schemas_a_grammar_cannot_honour_are_400(server: Server, schema: dict) -> None:
+    body = {"model": MODEL, "prompt": "JSON:", "max_tokens": 5, "guided_json": schema}
+    with server.http() as http:
+        resp = http.post("/v1/completions", json=body)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "guided_json"

@@ -33,6 +33,8 @@ def test_tokenizer_bad_input(server: Server) -> None:
         neither = http.post("/tokenize", json={"model": MODEL})
         bad_id = http.post("/detokenize", json={"model": MODEL, "tokens": [1, -5]})
         unknown = http.post("/tokenize", json={"model": "nope", "prompt": "x"})
+        empty = http.post("/tokenize", json={"model": MODEL, "messages": []})  # was a 500
     assert both.status_code == neither.status_code == bad_id.status_code == 400
+    assert empty.status_code == 400 and empty.json()["error"]["param"] == "messages"
     assert bad_id.json()["error"]["param"] == "tokens"
     assert unknown.status_code == 404

@@ -200,6 +200,18 @@ def test_tool_choice_none_offers_no_tools(client: openai.OpenAI) -> None:
             {"messages": [*ASK, {"role": "tool", "tool_call_id": "call_x", "content": "1"}]},
             "messages[1].tool_call_id",
         ),
+        (  # arguments are a JSON object: forced, this produced {"type": "string"}
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {"name": "f", "parameters": {"type": "string"}},
+                    }
+                ],
+                "tool_choice": "required",
+            },
+            "tools[0].function.parameters",
+        ),
     ],
 )
 def test_bad_tool_input_is_400(server: Server, change: dict, param: str) -> None:

@@ -314,6 +314,11 @@ class ChatCompletionRequest(SamplingRequest):
         for i, tool in enumerate(self.tools or []):
             function = tool.function
             parameters = function.parameters or {"type": "object", "properties": {}}
+            if parameters.get("type", "object") != "object":  # arguments are a JSON object
+                raise InvalidRequest(
+                    f"the parameters of tool '{function.name}' must be an object schema",
+                    param=f"tools[{i}].function.parameters",
+                )
             try:
                 Draft202012Validator.check_schema(parameters)
             except SchemaError as exc:
@@ -523,7 +528,7 @@ class TokenizeRequest(Request):
 
     model: str
     prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
 

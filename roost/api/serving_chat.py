@@ -106,9 +106,11 @@ async def create_chat_completion(
     body.check_tool_messages()
     settings = request.app.state.settings
     server_tools: dict[str, ServerTool] = request.app.state.server_tools
-    grammar = served.output_grammar(body.output_constraint())
+    # llama.cpp may take seconds to check a large grammar: never on the event loop
+    grammar = await asyncio.to_thread(served.output_grammar, body.output_constraint())
     # constrained output is the answer itself: tools are then not offered
-    plan = _plan_tools(body, served, server_tools if grammar is None else {})
+    offered = server_tools if grammar is None else {}
+    plan = await asyncio.to_thread(_plan_tools, body, served, offered)
     if grammar is not None and plan is not None:
         raise InvalidRequest(
             "tools cannot be combined with response_format or guided_* output constraints; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -73,7 +74,8 @@ async def create_completion(
     prompts = prompts_of(body, served)
     longest = max(len(p.tokens) for p in prompts)
     max_tokens = served.max_new_tokens(longest, body.requested_max_tokens(), "prompt")
-    grammar = served.output_grammar(body.output_constraint())
+    # llama.cpp may take seconds to check a large grammar: never on the event loop
+    grammar = await asyncio.to_thread(served.output_grammar, body.output_constraint())
     params = body.to_sampling_params(served.client.model.num_vocab, max_tokens, grammar)
     num_candidates = body.num_candidates()
     streams = submit_all(served, [p.tokens for p in prompts], params, num_candidates)

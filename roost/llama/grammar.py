@@ -45,6 +45,7 @@ _IGNORED = frozenset(
 _FORMATS = frozenset({"date", "time", "date-time", "uuid"})
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
+_ANNOTATIONS = frozenset({"description", "title", "default", "examples", "deprecated"})
 MAX_ENUMERATED_RANGE = 256
 MAX_FREE_STRING = 256  # characters of a string whose schema sets no maxLength
 _BOUNDED_STRING = f'string ::= "\\"" char{{0,{MAX_FREE_STRING}}} "\\"" space'
@@ -58,7 +59,11 @@ def enforceable(schema: Any, where: str = "") -> Any:
     """The schema with small integer ranges as enums; GrammarError if any rule would be lost."""
     if not isinstance(schema, dict):
         return schema
-    schema = _integer_range_as_enum(schema)
+    if isinstance(schema.get("type"), list):  # the converter drops keywords on a type list
+        rest = {k: v for k, v in schema.items() if k != "type"}
+        schema = {"anyOf": [{**rest, "type": t} for t in schema["type"]]}
+    schema = _single_all_of(_integer_range_as_enum(schema), where)
+    _check_satisfiable(schema, where)
     lost = sorted(_IGNORED & schema.keys())
     if schema.get("format") not in (None, *_FORMATS):
         lost.append(f"format {schema['format']}")
@@ -82,22 +87,70 @@ def enforceable(schema: Any, where: str = "") -> Any:
 def _integer_range_as_enum(schema: dict[str, Any]) -> dict[str, Any]:
     if schema.get("type") != "integer":
         return schema
-    low = schema.get("minimum", schema.get("exclusiveMinimum"))
-    high = schema.get("maximum", schema.get("exclusiveMaximum"))
-    if not isinstance(low, int) or not isinstance(high, int):
+    lows = [schema.get("minimum"), _shifted(schema.get("exclusiveMinimum"), 1)]
+    highs = [schema.get("maximum"), _shifted(schema.get("exclusiveMaximum"), -1)]
+    given = [b for b in (*lows, *highs) if b is not None]
+    if not all(isinstance(b, int) and not isinstance(b, bool) for b in given):
+        return schema  # a fractional bound: left for enforceable() to refuse
+    low = max((b for b in lows if b is not None), default=None)
+    high = min((b for b in highs if b is not None), default=None)
+    if low is None or high is None or high - low >= MAX_ENUMERATED_RANGE:
         return schema
-    low += "exclusiveMinimum" in schema and "minimum" not in schema
-    high -= "exclusiveMaximum" in schema and "maximum" not in schema
-    if high - low >= MAX_ENUMERATED_RANGE:
+    values = list(range(low, high + 1))
+    for key, allowed in (("enum", schema.get("enum")), ("const", [schema.get("const")])):
+        if key in schema:  # the range narrows what the schema already lists
+            values = [v for v in values if v in (allowed or []) and not isinstance(v, bool)]
+    if not values:
+        raise GrammarError(f"no integer satisfies the schema at '{low}..{high}'")
+    bounds = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "type", "enum"}
+    rest = {k: v for k, v in schema.items() if k not in bounds | {"const"}}
+    return {**rest, "enum": values}
+
+
+def _shifted(bound: Any, step: int) -> Any:
+    """An exclusive integer bound as the inclusive one (other values pass through)."""
+    return bound + step if isinstance(bound, int) and not isinstance(bound, bool) else bound
+
+
+def _single_all_of(schema: dict[str, Any], where: str) -> dict[str, Any]:
+    """The converter merges `allOf` as object properties only: inline the common one-schema
+    wrapper (`{"allOf": [{"$ref": ...}], "description": ...}`) and refuse the rest."""
+    parts = schema.get("allOf")
+    if not isinstance(parts, list):
         return schema
-    bounds = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "type"}
-    rest = {k: v for k, v in schema.items() if k not in bounds}
-    return {**rest, "enum": list(range(low, high + 1))}
+    rest = {k: v for k, v in schema.items() if k != "allOf"}
+    if len(parts) == 1 and isinstance(parts[0], dict) and not set(rest) - _ANNOTATIONS:
+        return {**rest, **parts[0]}
+    if all(isinstance(p, dict) and p.get("type", "object") == "object" for p in parts):
+        return schema  # object schemas: the converter merges their properties
+    raise GrammarError(f"cannot enforce allOf of non-object schemas at '{where or '/'}'")
+
+
+def _check_satisfiable(schema: dict[str, Any], where: str) -> None:
+    """Bounds no value can meet, and required names without a schema, which the converter
+    would drop (its output would then fail the schema)."""
+    for low, high in (("minLength", "maxLength"), ("minItems", "maxItems")):
+        bounds = (schema.get(low), schema.get(high))
+        if all(isinstance(b, int) for b in bounds) and bounds[0] > bounds[1]:
+            raise GrammarError(f"{low} exceeds {high} at '{where or '/'}'")
+    properties = schema.get("properties")
+    missing = [
+        name
+        for name in schema.get("required") or []
+        if isinstance(properties, dict) and name not in properties
+    ]
+    if missing:
+        raise GrammarError(f"required {missing} have no schema in properties at '{where or '/'}'")
 
 
 class _Converter(SchemaConverter):  # type: ignore[misc]
     """The converter with string `pattern`s translated by regex_gbnf: its own regex code keeps
     escapes such as `\\d` inside GBNF literals, which llama.cpp rejects."""
+
+    def _format_literal(self, text: str) -> str:
+        # its own escapes only quotes and line breaks: a backslash in an enum, const or
+        # property name ("a\\b" as JSON) became a GBNF escape and the output other JSON
+        return literal(text)
 
     def _visit_pattern(self, pattern: str, name: str) -> str:
         try:
@@ -150,7 +203,9 @@ def regex_grammar(pattern: str) -> str:
 
 def literal(text: str) -> str:
     """A GBNF string literal."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    escaped = (
+        text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    )
     return f'"{escaped}"'
 
 
