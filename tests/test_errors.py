@@ -204,6 +204,8 @@ def test_unknown_model_is_404(client: openai.OpenAI) -> None:
     assert info.value.code == "model_not_found"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-9")
+    with pytest.raises(openai.NotFoundError):  # the route's `$` matched before a final newline
+        client.models.retrieve(f"{MODEL}\n")
 
 
 def test_context_length_exceeded(client: openai.OpenAI) -> None:
