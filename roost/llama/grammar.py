@@ -59,7 +59,8 @@ def enforceable(schema: Any, where: str = "") -> Any:
     """The schema with small integer ranges as enums; GrammarError if any rule would be lost."""
     if not isinstance(schema, dict):
         return schema
-    if isinstance(schema.get("type"), list):  # the converter drops keywords on a type list
+    # the converter drops every keyword on a type list: one branch per type keeps them
+    if isinstance(schema.get("type"), list) and "anyOf" not in schema:
         rest = {k: v for k, v in schema.items() if k != "type"}
         schema = {"anyOf": [{**rest, "type": t} for t in schema["type"]]}
     schema = _single_all_of(_integer_range_as_enum(schema), where)
@@ -101,7 +102,7 @@ def _integer_range_as_enum(schema: dict[str, Any]) -> dict[str, Any]:
         if key in schema:  # the range narrows what the schema already lists
             values = [v for v in values if v in (allowed or []) and not isinstance(v, bool)]
     if not values:
-        raise GrammarError(f"no integer satisfies the schema at '{low}..{high}'")
+        raise GrammarError(f"no integer in {low}..{high} is in the schema's enum or const")
     bounds = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "type", "enum"}
     rest = {k: v for k, v in schema.items() if k not in bounds | {"const"}}
     return {**rest, "enum": values}
