@@ -275,7 +275,7 @@ def test_unified_cache_does_not_restart_a_preempted_prompt_every_step() -> None:
     # two requests overflow a shared 1,024-cell cache: once the second is preempted it must wait
     # for room, not refill the free cells and be preempted again at every step (it thrashed:
     # 13x slower than running the two one after the other)
-    scheduler = Scheduler(SlotTable(2), num_ctx=1024, num_batch=512, shares_cells=True)
+    scheduler = Scheduler(SlotTable(2, compact=False), num_ctx=1024, num_batch=512)
     first, second = (
         Sequence(name, list(range(444)), SamplingParams(), lambda _: None, 1024) for name in "ab"
     )

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from roost.api.body import UnicodeJSONRoute
-from roost.api.errors import InvalidRequest, ModelNotFound
+from roost.api.errors import InvalidRequest
 from roost.api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -54,10 +54,10 @@ async def list_models(registry: Registry) -> ModelList:
 
 
 @v1.get("/models/{model_id:path}")
-async def get_model(model_id: str, registry: Registry, request: Request) -> ModelCard:
-    # the route's `$` also matches before a final newline ("id\n"), which model_id then lacks
-    if not request.scope["path"].endswith(f"/models/{model_id}"):
-        raise ModelNotFound(request.scope["path"].rpartition("/models/")[2])
+async def get_model(request: Request, registry: Registry) -> ModelCard:
+    # the id is read from the path itself: the route's `$` also matches before a final
+    # newline, and the matched parameter would drop it ("id\n" answered as "id")
+    model_id = request.scope["path"].removeprefix("/v1/models/")
     registry.get(model_id)
     return _card(registry, model_id)
 

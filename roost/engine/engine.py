@@ -49,7 +49,7 @@ class Engine:
         # positions past the training context degrade the model: never go there
         self.max_seq_len = min(self.ctx.num_ctx_seq, self.model.num_ctx_train)
         self.slots = SlotTable(config.parallel, compact=not config.kv_unified)
-        self.scheduler = Scheduler(self.slots, self.num_ctx, self.num_batch, config.kv_unified)
+        self.scheduler = Scheduler(self.slots, self.num_ctx, self.num_batch)
         self.runner = Runner(self.ctx, self.num_batch)
         self._sink = sink
         self._inbox = Inbox()

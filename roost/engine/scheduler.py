@@ -39,13 +39,10 @@ class Plan:
 class Scheduler:
     """FIFO admission into free sequence ids; decoding tokens first, then prompt chunks."""
 
-    def __init__(
-        self, slots: SlotTable, num_ctx: int, num_batch: int, shares_cells: bool = False
-    ) -> None:
+    def __init__(self, slots: SlotTable, num_ctx: int, num_batch: int) -> None:
         self.slots = slots
         self.num_ctx = num_ctx
         self.num_batch = num_batch
-        self.shares_cells = shares_cells  # a unified KV cache: sequences compete for cells
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
 
@@ -125,7 +122,8 @@ class Scheduler:
         (idle caches can be evicted) with a cell each for their next token. Else a generating
         sequence would preempt it before its prompt is done, and again at every admission:
         two requests overflowing the cache together took 13x their time alone."""
-        if not self.shares_cells or not self.running or seq.is_waiting_for_leader:
+        # compact slots mean a split cache: every sequence has cells of its own
+        if self.slots.compact or not self.running or seq.is_waiting_for_leader:
             return True  # (a follower's prompt cells are the leader's, shared)
         held = sum(len(s.slot.tokens) for s in self.running if s.slot is not None)
         return len(seq.tokens) <= self.num_ctx - held - len(self.running)
