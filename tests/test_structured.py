@@ -100,6 +100,36 @@ def test_guided_choice_and_regex_on_completions(client: openai.OpenAI) -> None:
         assert re.fullmatch(r"[A-Z]{3}-[0-9]{2,4}", code.choices[0].text)
 
 
+def test_one_parsed_grammar_serves_every_choice(client: openai.OpenAI) -> None:
+    # the n choices sample from copies of one parsed grammar, each with its own parse state
+    choices = ["north", "north east", "north west", "south", "south east"]
+    out = client.completions.create(
+        model=MODEL,
+        prompt="Which way is the wind blowing?",
+        max_tokens=10,
+        n=4,
+        seed=3,
+        temperature=1.0,
+        extra_body={"guided_choice": choices},
+    )
+    assert [c.finish_reason for c in out.choices] == ["stop"] * 4
+    assert all(c.text in choices for c in out.choices), [c.text for c in out.choices]
+    schema = {"type": "object", "properties": PERSON["properties"], "required": ["name"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}}
+    replies = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,
+        response_format=fmt,  # type: ignore[arg-type]
+        n=3,
+        seed=5,
+        temperature=1.0,
+        max_tokens=120,
+    )
+    for choice in replies.choices:
+        assert choice.finish_reason == "stop"
+        jsonschema.validate(json.loads(choice.message.content or ""), schema)
+
+
 @pytest.mark.parametrize(
     "pattern",
     [
@@ -205,6 +235,7 @@ def test_unsupported_or_invalid_constraints_are_400(
             "$defs": {"Color": {"enum": ["red", "blue"]}},
         },
         {"type": "object", "properties": {"a\\b": {"type": "integer"}}, "required": ["a\\b"]},
+        {"enum": ["ab", "a", "abc", 1, 12, None, {"k": "a"}]},  # values that prefix others
     ],
 )
 def test_schemas_with_escapes_bounds_and_wrappers_validate(
@@ -223,6 +254,7 @@ def test_schemas_with_escapes_bounds_and_wrappers_validate(
         {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a", "b"]},
         {"type": "string", "minLength": 5, "maxLength": 2},
         {"type": "array", "minItems": 3, "maxItems": 1},
+        {"enum": []},
     ],
 )
 def test_schemas_a_grammar_cannot_honour_are_400(server: Server, schema: dict) -> None:

@@ -20,6 +20,7 @@ from pydantic import (
 from roost.api.errors import InvalidRequest
 from roost.chat.constraints import ConstraintKind, ToolSpec
 from roost.engine.params import SamplingParams
+from roost.llama.grammar import Grammar
 from roost.llama.sampler import SamplerSpec
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -146,7 +147,7 @@ class SamplingRequest(Request):
         return None, None
 
     def to_sampling_params(
-        self, num_vocab: int, max_tokens: int | None, grammar: str | None = None
+        self, num_vocab: int, max_tokens: int | None, grammar: Grammar | None = None
     ) -> SamplingParams:
         """Precedence: request value → OpenAI default (model configs add no overrides yet)."""
         stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())

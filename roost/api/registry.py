@@ -20,7 +20,7 @@ from roost.chat.template import ChatTemplate, TemplateError
 from roost.config import EngineConfig
 from roost.engine.client import EngineClient
 from roost.engine.embedding_client import EmbeddingClient
-from roost.llama.grammar import GrammarError, check_grammar
+from roost.llama.grammar import Grammar, GrammarError
 from roost.llama.model import LlamaModel
 
 log = logging.getLogger("roost.api")
@@ -87,17 +87,15 @@ class ServedModel:
     def text_tokens(self, text: str) -> list[int]:
         return self.model.tokenize(text, add_special=True, parse_special=True)
 
-    def output_grammar(self, constraint: tuple[ConstraintKind, Any, str] | None) -> str | None:
-        """The grammar for a request's output constraint, checked by llama.cpp (400 if not)."""
+    def output_grammar(self, constraint: tuple[ConstraintKind, Any, str] | None) -> Grammar | None:
+        """The grammar for a request's output constraint, parsed by llama.cpp (400 if not)."""
         if constraint is None:
             return None
         kind, value, param = constraint
         try:
-            grammar = output_grammar(kind, value)
-            check_grammar(self.model, grammar)
+            return Grammar(self.model, output_grammar(kind, value))
         except GrammarError as exc:
             raise InvalidRequest(f"{exc}; this constraint is not supported", param=param) from exc
-        return grammar
 
     def check_tokens(self, tokens: list[int], param: str) -> None:
         num_vocab = self.model.num_vocab

@@ -58,7 +58,7 @@ from roost.chat.tools import (
 from roost.chat.tools import parser_for_template as _parser_for_template
 from roost.engine.client import RequestStream
 from roost.engine.logprobs import TokenLogprob
-from roost.llama.grammar import GrammarError, check_grammar
+from roost.llama.grammar import Grammar, GrammarError
 from roost.llama.model import LlamaModel
 
 
@@ -69,7 +69,7 @@ class ToolPlan:
     specs: list[ToolSpec]
     parser: ToolCallParser
     is_native: bool  # the model's template renders `tools` itself
-    forced_grammar: str | None  # tool_choice required / named: first turn only
+    forced_grammar: Grammar | None  # tool_choice required / named: first turn only
     allow_many: bool
 
 
@@ -93,7 +93,7 @@ class Turn:
     server_tools: dict[str, ServerTool]
     tool_timeout: float
     max_rounds: int
-    output_grammar: str | None  # response_format / guided_*: every round's output
+    output_grammar: Grammar | None  # response_format / guided_*: every round's output
     usage: Usage = field(default_factory=Usage)
     executed: list[ServerToolCall] = field(default_factory=list)
 
@@ -106,7 +106,7 @@ async def create_chat_completion(
     body.check_tool_messages()
     settings = request.app.state.settings
     server_tools: dict[str, ServerTool] = request.app.state.server_tools
-    # llama.cpp may take seconds to check a large grammar: never on the event loop
+    # llama.cpp may take seconds to parse a large grammar: never on the event loop
     grammar = await asyncio.to_thread(served.output_grammar, body.output_constraint())
     # constrained output is the answer itself: tools are then not offered
     offered = server_tools if grammar is None else {}
@@ -188,8 +188,8 @@ def _plan_tools(
             # a small model, once forced, may call again and again: one call per offered tool
             # (named: exactly one) is the bound; parallel_tool_calls false means one
             many = body.parallel_tool_calls and choice == "required"
-            grammar = forced_call_grammar(forced, parser.name, len(forced) if many else 1)
-            check_grammar(served.client.model, grammar)
+            text = forced_call_grammar(forced, parser.name, len(forced) if many else 1)
+            grammar = Grammar(served.client.model, text)
         except GrammarError as exc:
             raise InvalidRequest(str(exc), param="tools") from exc
     return ToolPlan(specs, parser, is_native, grammar, body.parallel_tool_calls)

@@ -74,7 +74,7 @@ async def create_completion(
     prompts = prompts_of(body, served)
     longest = max(len(p.tokens) for p in prompts)
     max_tokens = served.max_new_tokens(longest, body.requested_max_tokens(), "prompt")
-    # llama.cpp may take seconds to check a large grammar: never on the event loop
+    # llama.cpp may take seconds to parse a large grammar: never on the event loop
     grammar = await asyncio.to_thread(served.output_grammar, body.output_constraint())
     params = body.to_sampling_params(served.client.model.num_vocab, max_tokens, grammar)
     num_candidates = body.num_candidates()

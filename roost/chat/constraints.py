@@ -7,7 +7,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from roost.llama.grammar import literal, regex_grammar, schema_grammar, schema_rules
+from roost.llama.grammar import (
+    alternatives,
+    literal,
+    regex_grammar,
+    schema_grammar,
+    schema_rules,
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,7 @@ def output_grammar(kind: ConstraintKind, value: Any) -> str:
     if kind is ConstraintKind.JSON_SCHEMA:
         return schema_grammar(value)
     if kind is ConstraintKind.CHOICE:
-        return "root ::= " + " | ".join(literal(choice) for choice in value) + "\n"
+        return f"root ::= {alternatives(value)}\n"
     return regex_grammar(value)
 
 

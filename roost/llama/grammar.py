@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from itertools import groupby
 from typing import Any
 
 import llama_cpp
-from llama_cpp.llama_grammar import SchemaConverter
+from llama_cpp.llama_grammar import (
+    PRIMITIVE_RULES,
+    RESERVED_NAMES,
+    SchemaConverter,
+    _build_repetition,
+)
 
 from roost.llama.model import LlamaModel
 from roost.llama.regex_gbnf import RegexError, regex_expression, regex_to_gbnf
@@ -145,8 +152,32 @@ def _check_satisfiable(schema: dict[str, Any], where: str) -> None:
 
 
 class _Converter(SchemaConverter):  # type: ignore[misc]
-    """The converter with string `pattern`s translated by regex_gbnf: its own regex code keeps
-    escapes such as `\\d` inside GBNF literals, which llama.cpp rejects."""
+    """The converter with string `pattern`s translated by regex_gbnf (its own regex code keeps
+    escapes such as `\\d` inside GBNF literals, which llama.cpp rejects), and two rules it
+    writes in a form whose cost grows with the schema: enums and length-bounded strings."""
+
+    def visit(self, schema: dict[str, Any], name: str) -> str:
+        rule_name = name + "-" if name in RESERVED_NAMES else name or "root"
+        # the keys its visit() checks before these two branches, which must keep priority
+        if {"$ref", "anyOf", "oneOf", "const"} & schema.keys() or isinstance(
+            schema.get("type"), list
+        ):
+            return str(super().visit(schema, name))
+        if "enum" in schema:  # flat, n values are n parse stacks at every token
+            texts = [json.dumps(value) for value in schema["enum"]]
+            return str(self._add_rule(rule_name, alternatives(texts)))
+        if (
+            schema.get("type") == "string"
+            and {"minLength", "maxLength"} & schema.keys()
+            and not {"pattern", "format"} & schema.keys()
+        ):  # its own rule spells out maxLength nested groups for every such property
+            low = schema.get("minLength", 0)
+            high = schema.get("maxLength", max(low, MAX_FREE_STRING))  # capped, as `string` is
+            char = self._add_primitive("char", PRIMITIVE_RULES["char"])
+            body = f'"\\"" {_build_repetition(char, low, high)} "\\"" space'
+            shared = self._add_rule(f"string-{low}-{high}", body)
+            return str(self._add_rule(rule_name, shared))
+        return str(super().visit(schema, name))
 
     def _format_literal(self, text: str) -> str:
         # its own escapes only quotes and line breaks: a backslash in an enum, const or
@@ -210,9 +241,56 @@ def literal(text: str) -> str:
     return f'"{escaped}"'
 
 
-def check_grammar(model: LlamaModel, grammar: str) -> None:
-    """Raise GrammarError unless llama.cpp accepts the grammar (it returns NULL on errors)."""
-    smpl = llama_cpp.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
-    if not smpl:
-        raise GrammarError("the generated grammar was rejected by llama.cpp")
-    llama_cpp.llama_sampler_free(smpl)
+def alternatives(texts: list[str]) -> str:
+    """A GBNF expression matching exactly these texts, written as a prefix tree: llama.cpp keeps
+    one parse stack per open alternative and checks every vocabulary token against each, so a
+    flat list of 1,000 values cost 0.3 s per token; shared prefixes keep a few open at a time."""
+    if not texts:
+        raise GrammarError("an empty enum or choice list allows no output")
+    try:
+        return _prefix_tree(sorted(set(texts)))
+    except RecursionError:  # values nested thousands deep ("a", "aa", "aaa", ...): flat
+        return " | ".join(literal(text) for text in texts)
+
+
+def _prefix_tree(suffixes: list[str]) -> str:
+    """`suffixes`: sorted and distinct, so an empty one comes first."""
+    optional = suffixes[0] == ""
+    branches = []
+    for _, group in groupby(suffixes[optional:], key=lambda text: text[0]):
+        members = list(group)  # sorted: what the first and last share, all share
+        first, last = members[0], members[-1]
+        size = next(
+            (i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), len(first)
+        )
+        common = first[:size]
+        tails = [text[len(common) :] for text in members]
+        head = literal(common)
+        branches.append(head if tails == [""] else f"{head} {_prefix_tree(tails)}")
+    body = " | ".join(branches)
+    if not branches:  # the empty text alone
+        return '""'
+    if optional:
+        return f"({body})?"
+    return body if len(branches) == 1 else f"({body})"
+
+
+class Grammar:
+    """A GBNF grammar parsed once by llama.cpp. Each sequence's sampler gets a copy: cloning
+    takes microseconds where parsing a large grammar takes seconds, so the engine thread, which
+    every running sequence waits on, never parses."""
+
+    def __init__(self, model: LlamaModel, text: str) -> None:
+        self.text = text
+        self._ptr = llama_cpp.llama_sampler_init_grammar(model.vocab, text.encode(), b"root")
+        if not self._ptr:  # llama.cpp returns NULL for a grammar it rejects
+            raise GrammarError("the generated grammar was rejected by llama.cpp")
+
+    def sampler(self) -> llama_cpp.llama_sampler_p:
+        """A fresh grammar sampler, owned by the caller."""
+        return llama_cpp.llama_sampler_clone(self._ptr)
+
+    def __del__(self) -> None:
+        if getattr(self, "_ptr", None):
+            llama_cpp.llama_sampler_free(self._ptr)
+            self._ptr = None

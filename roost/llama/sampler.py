@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import llama_cpp
 
 from roost.llama.context import LlamaContext
+from roost.llama.grammar import Grammar
 from roost.llama.model import LlamaModel
 
 RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks a random seed
@@ -32,7 +33,7 @@ class SamplerSpec:
     presence_penalty: float = 0.0
     penalty_last_n: int = 64
     logit_bias: dict[int, float] = field(default_factory=dict)
-    grammar: str | None = None  # GBNF with a `root` rule: only matching text can be sampled
+    grammar: Grammar | None = None  # only text the grammar matches can be sampled
     banned: frozenset[int] = frozenset()  # BAN_BIAS until `lift_ban()` (min_tokens)
 
 
@@ -58,13 +59,8 @@ class Sampler:
             yield _bias_stage(num_vocab, dict.fromkeys(spec.banned, BAN_BIAS))
         if spec.logit_bias:
             yield _bias_stage(num_vocab, spec.logit_bias)
-        if spec.grammar:
-            grammar = llama_cpp.llama_sampler_init_grammar(
-                model.vocab, spec.grammar.encode(), b"root"
-            )
-            if not grammar:
-                raise ValueError("llama.cpp rejected the grammar")
-            yield grammar
+        if spec.grammar is not None:
+            yield spec.grammar.sampler()
         if (spec.repetition_penalty, spec.frequency_penalty, spec.presence_penalty) != (1, 0, 0):
             yield llama_cpp.llama_sampler_init_penalties(
                 num_vocab,
