@@ -433,3 +433,14 @@ def test_stream_unparseable_buffer_becomes_content() -> None:
     text = '[TOOL_CALLS][{"name": "a", "arguments": {"x": 1}'
     assert stream.feed(text) == ""
     assert stream.finish() == ParsedOutput(content=text, tool_calls=[])
+
+
+def test_a_call_of_a_function_not_on_offer_stays_content() -> None:
+    text = f"<tool_call>\n{WEATHER_PARIS}\n</tool_call>"
+    stream = ToolCallStream(PARSERS["hermes"], names={"get_time"})
+    assert stream.feed(text) == ""
+    assert stream.finish() == ParsedOutput(content=text, tool_calls=[])
+    # one unknown name in a run keeps the whole run as content, as a malformed entry does
+    run = '[TOOL_CALLS][{"name": "a", "arguments": {}}, {"name": "b", "arguments": {}}]'
+    assert PARSERS["mistral"].parse(run, names={"a"}).tool_calls == []
+    assert len(PARSERS["mistral"].parse(run, names={"a", "b"}).tool_calls) == 2

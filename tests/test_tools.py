@@ -10,6 +10,8 @@ import jsonschema
 import openai
 import pytest
 
+from roost.api.serving_chat import Piece, _choice
+from roost.chat.tools import ToolCall
 from tests.conftest import MODEL, Server, start_config_server
 
 WEATHER = {
@@ -360,3 +362,56 @@ def test_a_forced_call_cut_by_max_tokens_leaks_no_markup(client: openai.OpenAI) 
     assert not reply.choices[0].message.content
     chunks = list(client.chat.completions.create(**args, max_tokens=3, stream=True))  # type: ignore[call-overload]
     assert not "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_a_call_of_a_function_not_offered_stays_content(client: openai.OpenAI) -> None:
+    args = {"model": MODEL, "messages": _stock_history(), "tools": [WEATHER], "temperature": 0}
+    reply = client.chat.completions.create(**args, max_tokens=60)  # type: ignore[call-overload]
+    choice = reply.choices[0]
+    assert choice.finish_reason == "stop" and choice.message.tool_calls is None
+    assert "get_stock" in (choice.message.content or "")
+    chunks = list(client.chat.completions.create(**args, max_tokens=60, stream=True))  # type: ignore[call-overload]
+    deltas = [c.choices[0] for c in chunks if c.choices]
+    assert not any(d.delta.tool_calls for d in deltas)
+    assert deltas[-1].finish_reason == "stop"
+    assert "".join(d.delta.content or "" for d in deltas) == choice.message.content
+
+
+def _stock_history() -> list[dict]:
+    """A history in which the assistant called get_stock twice: greedy, it calls it again."""
+    stock = {"type": "function", "function": {"name": "get_stock", "arguments": '{"sym": "ACME"}'}}
+    calls = [{"id": f"call_{i}", **stock} for i in (1, 2)]
+    return [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+    ]
+
+
+def test_logprobs_cover_only_the_content(client: openai.OpenAI) -> None:
+    # a call's tokens are no content: a cut forced call leaves no logprobs either
+    forced = {"model": MODEL, "messages": ASK, "tools": [WEATHER], "tool_choice": "required"}
+    cut = client.chat.completions.create(**forced, max_tokens=6, logprobs=True)  # type: ignore[call-overload]
+    assert cut.choices[0].finish_reason == "length" and not cut.choices[0].message.content
+    assert not (cut.choices[0].logprobs and cut.choices[0].logprobs.content)
+    chunks = client.chat.completions.create(**forced, max_tokens=6, logprobs=True, stream=True)  # type: ignore[call-overload]
+    assert not [c for c in chunks if c.choices and c.choices[0].logprobs]
+    # a call of a function not on offer is held back as a call would be, then becomes content:
+    # its logprobs come back with it
+    undeclared = {"model": MODEL, "messages": _stock_history(), "tools": [WEATHER]}
+    reply = client.chat.completions.create(
+        **undeclared,
+        temperature=0,
+        max_tokens=60,
+        logprobs=True,  # type: ignore[call-overload]
+    )
+    content, logprobs = reply.choices[0].message.content, reply.choices[0].logprobs
+    assert content and "get_stock" in content and logprobs and logprobs.content
+    assert "".join(lp.token for lp in logprobs.content) == content
+
+
+def test_calls_come_without_whitespace_content() -> None:
+    # a newline the model wrote before its call (streamed as content) is no answer beside it
+    call = ToolCall(name="get_weather", arguments="{}", id="call_1")
+    answer = Piece(text="\n", tool_calls=[call], finish_reason="tool_calls")
+    assert _choice(0, answer, None).message.content is None
+    assert _choice(0, Piece(text="\n", finish_reason="stop"), None).message.content == "\n"

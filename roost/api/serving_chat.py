@@ -153,8 +153,8 @@ async def create_chat_completion(
 def _choice(index: int, answer: Piece, model: LlamaModel | None) -> ChatChoice:
     """A whole answer as a choice; `model` is given when logprobs were asked for."""
     calls = answer.tool_calls
-    message = ResponseMessage(
-        content=answer.text or (None if calls else ""),
+    message = ResponseMessage(  # beside calls, the newline a model writes before them is no answer
+        content=None if calls and not answer.text.strip() else answer.text,
         tool_calls=[_call_out(c) for c in calls] or None,
     )
     logprobs = None
@@ -235,7 +235,11 @@ def _start_rounds(
     grammar = plan.forced_grammar if plan and round_no == 0 else turn.output_grammar
     params = body.to_sampling_params(served.client.model.num_vocab, limit, grammar)
     streams = submit_all(served, [prompt], params, n)
-    return [Round(stream, ToolCallStream(plan.parser) if plan else None) for stream in streams]
+    if plan is None:
+        return [Round(stream, None) for stream in streams]
+    # a call of a function nobody offered is not one the client could run: it stays content
+    names = {spec.name for spec in plan.specs}
+    return [Round(stream, ToolCallStream(plan.parser, names)) for stream in streams]
 
 
 async def _answer(
@@ -247,23 +251,29 @@ async def _answer(
         if round_no:
             [current] = _start_rounds(turn, messages, round_no)
         finish, splitter, said = "stop", current.splitter, ""
+        held: list[TokenLogprob] = []  # logprobs travel with their text, held or not
         try:
             async for event in current.stream:
                 check_event(event)
-                text = splitter.feed(event.text) if splitter else event.text
+                text, logprobs = event.text, event.logprobs
+                if splitter:
+                    text, held = splitter.feed(text), held + logprobs
+                    logprobs, held = ([], held) if splitter.is_holding else (held, [])
                 said += text
-                if text or event.logprobs:
-                    yield Piece(text=text, logprobs=event.logprobs)
+                if text or logprobs:
+                    yield Piece(text=text, logprobs=logprobs)
                 if event.finish_reason is not None:
                     add_usage(turn.usage, event)
                     finish = event.finish_reason.value
         finally:
             current.stream.cancel()
         parsed = splitter.finish() if splitter else ParsedOutput(None, [])
+        held_text = parsed.content
         if finish == "length" and plan:
             parsed = _without_cut_call(parsed, plan.parser)
-        if parsed.content:
-            yield Piece(text=parsed.content)
+        if parsed.content:  # the held logprobs only if every held token became this content
+            whole = not parsed.tool_calls and parsed.content == held_text
+            yield Piece(text=parsed.content, logprobs=held if whole else [])
         calls = parsed.tool_calls if plan is None or plan.allow_many else parsed.tool_calls[:1]
         server_calls = [c for c in calls if c.name in turn.server_tools]
         if server_calls and len(server_calls) == len(calls) and round_no < turn.max_rounds:

@@ -6,7 +6,7 @@ import enum
 import json
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -53,11 +53,12 @@ class ToolCallParser(Protocol):
     @property
     def start_markers(self) -> tuple[str, ...]: ...
 
-    def split(self, text: str) -> tuple[str, list[ToolCall]]:
-        """Content verbatim (not stripped) and the calls found in `text`."""
+    def split(self, text: str, names: Collection[str] | None = None) -> tuple[str, list[ToolCall]]:
+        """Content verbatim (not stripped) and the calls found in `text`; with `names`, a call
+        of any other function is not a call: its text stays content."""
         ...
 
-    def parse(self, text: str) -> ParsedOutput: ...
+    def parse(self, text: str, names: Collection[str] | None = None) -> ParsedOutput: ...
 
 
 # (end of the consumed span, calls found); no calls means "this span is content, skip it".
@@ -83,7 +84,7 @@ class MarkerParser:
     start_markers: tuple[str, ...]
     match_at: Callable[[str, int], Match | None]
 
-    def split(self, text: str) -> tuple[str, list[ToolCall]]:
+    def split(self, text: str, names: Collection[str] | None = None) -> tuple[str, list[ToolCall]]:
         content: list[str] = []
         calls: list[ToolCall] = []
         done = 0
@@ -91,7 +92,8 @@ class MarkerParser:
         while pos is not None:
             match = self.match_at(text, pos)
             end = match[0] if match else pos + 1
-            if match and match[1]:
+            # all or nothing, as for a run with one malformed entry
+            if match and match[1] and (names is None or all(c.name in names for c in match[1])):
                 content.append(text[done:pos])
                 calls.extend(match[1])
                 done = end
@@ -99,8 +101,8 @@ class MarkerParser:
         content.append(text[done:])
         return "".join(content), calls
 
-    def parse(self, text: str) -> ParsedOutput:
-        content, calls = self.split(text)
+    def parse(self, text: str, names: Collection[str] | None = None) -> ParsedOutput:
+        content, calls = self.split(text, names)
         return ParsedOutput(content=content.strip() or None, tool_calls=calls)
 
 
@@ -270,10 +272,12 @@ def partial_marker_len(text: str, markers: tuple[str, ...]) -> int:
 
 class ToolCallStream:
     """Incremental splitter: feed() returns content safe to emit now (never a marker or the start
-    of one); once a start marker is seen everything from it is buffered; finish() parses it."""
+    of one); once a start marker is seen everything from it is buffered; finish() parses it.
+    `names`: the functions on offer (None: any); calls of others stay content."""
 
-    def __init__(self, parser: ToolCallParser) -> None:
+    def __init__(self, parser: ToolCallParser, names: Collection[str] | None = None) -> None:
         self._parser = parser
+        self._names = names
         self._state = StreamState.CONTENT
         self._pending = ""
         self._buffer: list[str] = []
@@ -281,6 +285,11 @@ class ToolCallStream:
     @property
     def is_buffering(self) -> bool:
         return self._state is StreamState.BUFFERING
+
+    @property
+    def is_holding(self) -> bool:
+        """Whether text fed so far waits for finish() or for more text."""
+        return self.is_buffering or bool(self._pending)
 
     def feed(self, delta: str) -> str:
         if self._state is StreamState.BUFFERING:
@@ -300,7 +309,7 @@ class ToolCallStream:
     def finish(self) -> ParsedOutput:
         """Content is only what feed() did not return, verbatim; None if empty or whitespace."""
         if self._state is StreamState.BUFFERING:
-            rest, calls = self._parser.split("".join(self._buffer))
+            rest, calls = self._parser.split("".join(self._buffer), self._names)
         else:
             rest, calls = self._pending, []
         self._state, self._pending, self._buffer = StreamState.CONTENT, "", []
