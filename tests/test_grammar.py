@@ -8,8 +8,15 @@ import math
 import llama_cpp
 import pytest
 
-from roost.llama.grammar import Grammar, GrammarError, alternatives, schema_grammar
+from roost.llama.grammar import (
+    Grammar,
+    GrammarError,
+    alternatives,
+    regex_grammar,
+    schema_grammar,
+)
 from roost.llama.model import LlamaModel
+from roost.llama.regex_gbnf import MAX_REPEAT
 
 
 def _allows(sampler: object, token: int) -> bool:
@@ -76,6 +83,31 @@ def test_length_bounded_strings_share_one_rule(local_model: LlamaModel) -> None:
     longer = Grammar(local_model, schema_grammar({"type": "string", "minLength": 2}))
     assert _accepts(local_model, longer, f'"{"x" * 256}"')
     assert not _accepts(local_model, longer, f'"{"x" * 257}"')
+
+
+def test_repetition_bounds_stay_exact(local_model: LlamaModel) -> None:
+    # llama.cpp reads a bound above 2000 as none, and nested groups that deep overflowed its
+    # parser's stack (a maxLength of 20000 killed the server): larger maxima are lowered to
+    # MAX_REPEAT, where what the grammar allows still validates, and larger minima refused
+    for text, quote in (
+        (schema_grammar({"type": "string", "maxLength": 20000}), '"'),
+        (regex_grammar("a{0,3000}"), ""),
+    ):
+        grammar = Grammar(local_model, text)
+        assert _accepts(local_model, grammar, quote + "a" * MAX_REPEAT + quote)
+        assert not _accepts(local_model, grammar, quote + "a" * (MAX_REPEAT + 1) + quote)
+    for make in (
+        lambda: schema_grammar({"type": "string", "minLength": MAX_REPEAT + 1}),
+        lambda: schema_grammar({"type": "array", "minItems": MAX_REPEAT + 1}),
+        lambda: regex_grammar("a{3000}"),
+        lambda: regex_grammar("(" * 3000 + "a" + ")" * 3000),
+    ):
+        with pytest.raises(GrammarError):
+            make()
+    items = schema_grammar({"type": "array", "items": {"enum": [1]}, "maxItems": 5000})
+    grammar = Grammar(local_model, items)
+    assert _accepts(local_model, grammar, "[" + ", ".join(["1"] * MAX_REPEAT) + "]")
+    assert not _accepts(local_model, grammar, "[" + ", ".join(["1"] * (MAX_REPEAT + 1)) + "]")
 
 
 def test_llama_cpp_rejects_a_broken_grammar(local_model: LlamaModel) -> None:

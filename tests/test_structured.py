@@ -198,6 +198,8 @@ def test_guided_json_on_chat_streams_valid_json(client: openai.OpenAI) -> None:
         ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
         ({"guided_json": "{not json"}, "guided_json"),
         ({"guided_regex": "(?=lookahead)x"}, "guided_regex"),
+        ({"guided_regex": "a{3000}"}, "guided_regex"),  # llama.cpp would drop the bound
+        ({"guided_regex": "(" * 3000 + "a" + ")" * 3000}, "guided_regex"),  # was a 500
         ({"guided_regex": r"(a)\1"}, "guided_regex"),
         ({"guided_regex": "(?i)abc"}, "guided_regex"),
         ({"guided_regex": "[unclosed"}, "guided_regex"),
@@ -247,6 +249,15 @@ def test_schemas_with_escapes_bounds_and_wrappers_validate(
         jsonschema.validate(json.loads(out.choices[0].text), schema)
 
 
+def test_a_huge_max_length_is_served(server: Server) -> None:
+    # its grammar was 20,000 nested groups: llama.cpp's parser overflowed and the server died
+    schema = {"type": "string", "maxLength": 20000}
+    body = {"model": MODEL, "prompt": "JSON:", "max_tokens": 5, "guided_json": schema}
+    with server.http() as http:
+        assert http.post("/v1/completions", json=body).status_code == 200
+        assert http.get("/health").status_code == 200
+
+
 @pytest.mark.parametrize(
     "schema",
     [
@@ -255,6 +266,8 @@ def test_schemas_with_escapes_bounds_and_wrappers_validate(
         {"type": "string", "minLength": 5, "maxLength": 2},
         {"type": "array", "minItems": 3, "maxItems": 1},
         {"enum": []},
+        {"type": "string", "minLength": 5000},
+        {"type": "array", "items": {"type": "integer"}, "minItems": 5000},
     ],
 )
 def test_schemas_a_grammar_cannot_honour_are_400(server: Server, schema: dict) -> None:

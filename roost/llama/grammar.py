@@ -15,7 +15,7 @@ from llama_cpp.llama_grammar import (
 )
 
 from roost.llama.model import LlamaModel
-from roost.llama.regex_gbnf import RegexError, regex_expression, regex_to_gbnf
+from roost.llama.regex_gbnf import MAX_REPEAT, RegexError, regex_expression, regex_to_gbnf
 
 
 class GrammarError(ValueError):
@@ -72,6 +72,7 @@ def enforceable(schema: Any, where: str = "") -> Any:
         schema = {"anyOf": [{**rest, "type": t} for t in schema["type"]]}
     schema = _single_all_of(_integer_range_as_enum(schema), where)
     _check_satisfiable(schema, where)
+    schema = _bounded_repeats(schema, where)
     lost = sorted(_IGNORED & schema.keys())
     if schema.get("format") not in (None, *_FORMATS):
         lost.append(f"format {schema['format']}")
@@ -132,6 +133,18 @@ def _single_all_of(schema: dict[str, Any], where: str) -> dict[str, Any]:
     if all(isinstance(p, dict) and p.get("type", "object") == "object" for p in parts):
         return schema  # object schemas: the converter merges their properties
     raise GrammarError(f"cannot enforce allOf of non-object schemas at '{where or '/'}'")
+
+
+def _bounded_repeats(schema: dict[str, Any], where: str) -> dict[str, Any]:
+    """maxLength / maxItems above MAX_REPEAT lowered to it (a shorter value still validates);
+    a larger minimum cannot be enforced (see regex_gbnf.MAX_REPEAT)."""
+    out = schema
+    for low, high in (("minLength", "maxLength"), ("minItems", "maxItems")):
+        if isinstance(schema.get(low), int) and schema[low] > MAX_REPEAT:
+            raise GrammarError(f"cannot enforce {low} above {MAX_REPEAT} at '{where or '/'}'")
+        if isinstance(schema.get(high), int) and schema[high] > MAX_REPEAT:
+            out = {**out, high: MAX_REPEAT}
+    return out
 
 
 def _check_satisfiable(schema: dict[str, Any], where: str) -> None:

@@ -24,6 +24,11 @@ _CATEGORIES = {  # class body, and whether the class is negated
     sre.CATEGORY_NOT_SPACE: (" \\t\\n\\r\\x0c\\x0b", True),
 }
 # llama.cpp's GBNF knows only \\ \" \[ \] \t \r \n and hex escapes
+# llama.cpp's grammar parser treats a repetition bound above 2000 as no bound at all, and the
+# nested groups a long bounded repetition becomes overflow its stack some way above that.
+# Larger upper bounds are lowered to this (what matches still matches the original); larger
+# lower bounds cannot be enforced.
+MAX_REPEAT = 1000
 _CLASS_SPECIAL = {"\\": "\\\\", "]": "\\]", "[": "\\[", "-": "\\x2d", "^": "\\x5e"}
 _UNSUPPORTED = {
     "AT": "an anchor or word boundary inside the pattern",
@@ -54,6 +59,13 @@ def regex_expression(pattern: str, json_string: bool = False) -> str:
     them raw. Classes then lose those few characters (and `\\s` is just a space): the output
     still always matches, the grammar admits slightly less than the pattern does.
     """
+    try:
+        return _expression(pattern, json_string)
+    except RecursionError:  # Python's own parser and the walk below both recurse per group
+        raise RegexError("the pattern nests groups too deeply") from None
+
+
+def _expression(pattern: str, json_string: bool) -> str:
     try:
         parsed = sre_parse.parse(pattern)
     except re.error as exc:
@@ -103,7 +115,9 @@ class _Emitter:
             return "(" + " | ".join(self.sequence(list(alt)) for alt in arg[1]) + ")"
         if op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT):
             low, high, sub = arg
-            bound = "" if high == sre.MAXREPEAT else str(high)
+            if low > MAX_REPEAT:
+                raise RegexError(f"a repetition of at least {low} (above {MAX_REPEAT})")
+            bound = "" if high == sre.MAXREPEAT else str(min(high, MAX_REPEAT))
             return f"({self.sequence(list(sub))}){{{low},{bound}}}"
         what = _UNSUPPORTED.get(str(op), str(op).lower())
         raise RegexError(f"{what} cannot be enforced by a grammar")
