@@ -238,6 +238,8 @@ def test_unsupported_or_invalid_constraints_are_400(
         },
         {"type": "object", "properties": {"a\\b": {"type": "integer"}}, "required": ["a\\b"]},
         {"enum": ["ab", "a", "abc", 1, 12, None, {"k": "a"}]},  # values that prefix others
+        # the keywords beside an enum narrow it (the enum alone gave "a", 1)
+        {"type": ["string", "null"], "enum": ["a", 1, "abc", 2], "minLength": 2},
     ],
 )
 def test_schemas_with_escapes_bounds_and_wrappers_validate(
@@ -266,6 +268,7 @@ def test_a_huge_max_length_is_served(server: Server) -> None:
         {"type": "string", "minLength": 5, "maxLength": 2},
         {"type": "array", "minItems": 3, "maxItems": 1},
         {"enum": []},
+        {"const": "a", "enum": ["b"]},  # no value is both
         {"type": "string", "minLength": 5000},
         {"type": "array", "items": {"type": "integer"}, "minItems": 5000},
     ],

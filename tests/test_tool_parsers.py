@@ -111,6 +111,13 @@ HERMES = [
         (),
         "If a < b then use <tool> or <tool_ca and </tool_call> literally.",
     ),
+    Case(  # max_tokens cut the closing tag: its start is no content
+        "cut_close",
+        "hermes",
+        f"<tool_call>\n{WEATHER_PARIS}\n</tool_c",
+        (PARIS,),
+        None,
+    ),
 ]
 
 LLAMA3 = [

@@ -10,8 +10,9 @@ import jsonschema
 import openai
 import pytest
 
-from roost.api.serving_chat import Piece, _choice
-from roost.chat.tools import ToolCall
+from roost.api.serving_chat import HeldLogprobs, Piece, _choice
+from roost.chat.tools import PARSERS, ToolCall, ToolCallStream
+from roost.engine.logprobs import TokenLogprob
 from tests.conftest import MODEL, Server, start_config_server
 
 WEATHER = {
@@ -271,6 +272,36 @@ def test_server_tool_runs_and_model_answers(tool_server: Server) -> None:
     assert body["usage"]["prompt_tokens"] > 0
 
 
+def test_a_client_tool_of_a_server_tools_name_is_the_clients(tool_server: Server) -> None:
+    mine = {
+        "type": "function",
+        "function": {
+            "name": "calculator",
+            "parameters": {
+                "type": "object",
+                "properties": {"expression": {"type": "string", "enum": ["12*7"]}},
+                "required": ["expression"],
+            },
+        },
+    }
+    with tool_server.http() as http:
+        body = http.post(
+            "/v1/chat/completions",
+            json={
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "What is 12*7?"}],
+                "tools": [mine],
+                "tool_choice": _forced("calculator"),
+                "max_tokens": 40,
+                "temperature": 0,
+            },
+        ).json()
+    assert body.get("server_tool_calls") is None  # the server ran its own calculator before
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["tool_calls"][0]["function"]["name"] == "calculator"
+
+
 def test_server_tool_streaming_shows_only_the_answer(tool_server: Server) -> None:
     client = tool_server.client()
     chunks = list(
@@ -415,3 +446,15 @@ def test_calls_come_without_whitespace_content() -> None:
     answer = Piece(text="\n", tool_calls=[call], finish_reason="tool_calls")
     assert _choice(0, answer, None).message.content is None
     assert _choice(0, Piece(text="\n", finish_reason="stop"), None).message.content == "\n"
+
+
+def test_streamed_logprobs_wait_only_for_their_own_text() -> None:
+    # one feed may let earlier text through and hold a new "<" (a possible call marker)
+    splitter, held = ToolCallStream(PARSERS["hermes"]), HeldLogprobs()
+    sent = []
+    for token, text in enumerate([" <", "v> <", "b", "<tool_call>"]):
+        passed = splitter.feed(text)
+        released = held.pass_on(text, [TokenLogprob(token, 0.0)], passed)
+        sent.append((passed, [lp.token for lp in released]))
+    assert sent == [(" ", []), ("<v> ", [0]), ("<b", [1, 2]), ("", [])]
+    assert [lp.token for lp in held.rest()] == [3]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,8 +109,14 @@ async def create_chat_completion(
     server_tools: dict[str, ServerTool] = request.app.state.server_tools
     # llama.cpp may take seconds to parse a large grammar: never on the event loop
     grammar = await asyncio.to_thread(served.output_grammar, body.output_constraint())
-    # constrained output is the answer itself: tools are then not offered
-    offered = server_tools if grammar is None else {}
+    # constrained output is the answer itself: tools are then not offered; and a client tool
+    # of a server tool's name is the client's to run
+    client_names = {spec.name for spec in body.tool_specs()}
+    offered = {
+        name: tool
+        for name, tool in server_tools.items()
+        if grammar is None and name not in client_names
+    }
     plan = await asyncio.to_thread(_plan_tools, body, served, offered)
     if grammar is not None and plan is not None:
         raise InvalidRequest(
@@ -121,7 +128,7 @@ async def create_chat_completion(
         body,
         served,
         plan,
-        server_tools,
+        offered,
         settings.tool_timeout,
         settings.tool_max_rounds,
         grammar,
@@ -174,7 +181,7 @@ def _plan_tools(
     names = [spec.name for spec in client_specs]
     if len(set(names)) != len(names):
         raise InvalidRequest("tool names must be unique", param="tools")
-    specs = client_specs + [t.spec for t in server_tools.values() if t.name not in names]
+    specs = client_specs + [t.spec for t in server_tools.values()]
     if not specs:
         if choice not in (None, "auto"):
             raise InvalidRequest("tool_choice requires tools", param="tool_choice")
@@ -217,6 +224,29 @@ def _prompt(turn: Turn, messages: list[dict[str, Any]]) -> list[int]:
     return turn.served.chat_tokens(fallback_messages(messages, plan.specs))
 
 
+class HeldLogprobs:
+    """Logprobs travel with their text: while the tool-call splitter holds back any of an
+    event's text (a possible call marker), that event's logprobs wait too."""
+
+    def __init__(self) -> None:
+        self._fed = self._passed = 0  # characters given to the splitter, and let through
+        self._waiting: deque[tuple[int, list[TokenLogprob]]] = deque()  # (text end, logprobs)
+
+    def pass_on(self, fed: str, logprobs: list[TokenLogprob], passed: str) -> list[TokenLogprob]:
+        """The logprobs whose text has all been let through once `passed` is."""
+        self._fed += len(fed)
+        self._passed += len(passed)
+        if logprobs:
+            self._waiting.append((self._fed, logprobs))
+        out: list[TokenLogprob] = []
+        while self._waiting and self._waiting[0][0] <= self._passed:
+            out += self._waiting.popleft()[1]
+        return out
+
+    def rest(self) -> list[TokenLogprob]:
+        return [lp for _, logprobs in self._waiting for lp in logprobs]
+
+
 @dataclass
 class Round:
     """One generation request of a turn, already queued in the engine."""
@@ -251,14 +281,14 @@ async def _answer(
         if round_no:
             [current] = _start_rounds(turn, messages, round_no)
         finish, splitter, said = "stop", current.splitter, ""
-        held: list[TokenLogprob] = []  # logprobs travel with their text, held or not
+        held = HeldLogprobs()
         try:
             async for event in current.stream:
                 check_event(event)
                 text, logprobs = event.text, event.logprobs
                 if splitter:
-                    text, held = splitter.feed(text), held + logprobs
-                    logprobs, held = ([], held) if splitter.is_holding else (held, [])
+                    text = splitter.feed(event.text)
+                    logprobs = held.pass_on(event.text, logprobs, text)
                 said += text
                 if text or logprobs:
                     yield Piece(text=text, logprobs=logprobs)
@@ -273,7 +303,7 @@ async def _answer(
             parsed = _without_cut_call(parsed, plan.parser)
         if parsed.content:  # the held logprobs only if every held token became this content
             whole = not parsed.tool_calls and parsed.content == held_text
-            yield Piece(text=parsed.content, logprobs=held if whole else [])
+            yield Piece(text=parsed.content, logprobs=held.rest() if whole else [])
         calls = parsed.tool_calls if plan is None or plan.allow_many else parsed.tool_calls[:1]
         server_calls = [c for c in calls if c.name in turn.server_tools]
         if server_calls and len(server_calls) == len(calls) and round_no < turn.max_rounds:

@@ -193,8 +193,12 @@ def _match_hermes(text: str, pos: int) -> Match | None:
     if not calls:
         return None
     close = _WS.match(text, end).end()
-    # The closing tag is optional: models often stop right after the JSON.
-    return (close + len(HERMES_CLOSE) if text.startswith(HERMES_CLOSE, close) else end), calls
+    if text.startswith(HERMES_CLOSE, close):
+        return close + len(HERMES_CLOSE), calls
+    # The closing tag is optional: models often stop right after the JSON, or max_tokens cuts
+    # the tag itself short, whose start then belongs to the call, not to the content.
+    is_cut_tag = close < len(text) and HERMES_CLOSE.startswith(text[close:])
+    return (len(text) if is_cut_tag else end), calls
 
 
 def _match_llama3(text: str, pos: int) -> Match | None:
@@ -285,11 +289,6 @@ class ToolCallStream:
     @property
     def is_buffering(self) -> bool:
         return self._state is StreamState.BUFFERING
-
-    @property
-    def is_holding(self) -> bool:
-        """Whether text fed so far waits for finish() or for more text."""
-        return self.is_buffering or bool(self._pending)
 
     def feed(self, delta: str) -> str:
         if self._state is StreamState.BUFFERING:

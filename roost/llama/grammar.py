@@ -7,6 +7,7 @@ from itertools import groupby
 from typing import Any
 
 import llama_cpp
+from jsonschema import Draft202012Validator
 from llama_cpp.llama_grammar import (
     PRIMITIVE_RULES,
     RESERVED_NAMES,
@@ -53,6 +54,7 @@ _FORMATS = frozenset({"date", "time", "date-time", "uuid"})
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
 _ANNOTATIONS = frozenset({"description", "title", "default", "examples", "deprecated"})
+_REPEAT_BOUNDS = frozenset({"minLength", "maxLength", "minItems", "maxItems"})
 MAX_ENUMERATED_RANGE = 256
 MAX_FREE_STRING = 256  # characters of a string whose schema sets no maxLength
 _BOUNDED_STRING = f'string ::= "\\"" char{{0,{MAX_FREE_STRING}}} "\\"" space'
@@ -66,13 +68,15 @@ def enforceable(schema: Any, where: str = "") -> Any:
     """The schema with small integer ranges as enums; GrammarError if any rule would be lost."""
     if not isinstance(schema, dict):
         return schema
+    if "enum" in schema or "const" in schema:
+        return _listed_values(schema, where)
     # the converter drops every keyword on a type list: one branch per type keeps them
     if isinstance(schema.get("type"), list) and "anyOf" not in schema:
         rest = {k: v for k, v in schema.items() if k != "type"}
         schema = {"anyOf": [{**rest, "type": t} for t in schema["type"]]}
     schema = _single_all_of(_integer_range_as_enum(schema), where)
-    _check_satisfiable(schema, where)
     schema = _bounded_repeats(schema, where)
+    _check_satisfiable(schema, where)
     lost = sorted(_IGNORED & schema.keys())
     if schema.get("format") not in (None, *_FORMATS):
         lost.append(f"format {schema['format']}")
@@ -91,6 +95,24 @@ def enforceable(schema: Any, where: str = "") -> Any:
         if isinstance(schema.get(key), dict):
             out[key] = enforceable(schema[key], f"{where}/{key}")
     return out
+
+
+def _listed_values(schema: dict[str, Any], where: str) -> dict[str, Any]:
+    """An enum or const narrowed by the schema's other keywords (`type`, `minLength`, a const
+    beside an enum, ...): the converter writes the listed values alone, whatever else the
+    schema says, so a value those keywords reject would be generated."""
+    values = schema["enum"] if "enum" in schema else [schema["const"]]
+    rest = {k: v for k, v in schema.items() if k != "enum"}
+    if "enum" not in schema:
+        rest.pop("const")
+    try:
+        check = Draft202012Validator(rest, format_checker=Draft202012Validator.FORMAT_CHECKER)
+        kept = [value for value in values if check.is_valid(value)]
+    except Exception:  # a $ref this part of the schema cannot resolve: keep the list as is
+        kept = list(values)
+    if not kept:
+        raise GrammarError(f"no listed value satisfies the schema at '{where or '/'}'")
+    return {"enum": kept}
 
 
 def _integer_range_as_enum(schema: dict[str, Any]) -> dict[str, Any]:
@@ -138,7 +160,10 @@ def _single_all_of(schema: dict[str, Any], where: str) -> dict[str, Any]:
 def _bounded_repeats(schema: dict[str, Any], where: str) -> dict[str, Any]:
     """maxLength / maxItems above MAX_REPEAT lowered to it (a shorter value still validates);
     a larger minimum cannot be enforced (see regex_gbnf.MAX_REPEAT)."""
-    out = schema
+    out = schema = {  # 2.0 is a valid minLength too; the converter multiplies with it
+        k: int(v) if k in _REPEAT_BOUNDS and isinstance(v, float) and v.is_integer() else v
+        for k, v in schema.items()
+    }
     for low, high in (("minLength", "maxLength"), ("minItems", "maxItems")):
         if isinstance(schema.get(low), int) and schema[low] > MAX_REPEAT:
             raise GrammarError(f"cannot enforce {low} above {MAX_REPEAT} at '{where or '/'}'")
@@ -248,6 +273,8 @@ def regex_grammar(pattern: str) -> str:
 
 def literal(text: str) -> str:
     """A GBNF string literal."""
+    if "\x00" in text:  # the grammar reaches llama.cpp as a C string
+        raise GrammarError("text with a NUL character cannot be enforced")
     escaped = (
         text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
     )
