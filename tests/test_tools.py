@@ -385,6 +385,15 @@ def test_tool_aware_template_receives_tools(native_server: Server) -> None:
     assert calls[0][0] == "get_weather"
 
 
+def test_a_forced_call_cut_by_a_stop_string_leaks_no_markup(client: openai.OpenAI) -> None:
+    args = {"model": MODEL, "messages": ASK, "tools": [WEATHER], "tool_choice": "required"}
+    reply = client.chat.completions.create(**args, stop=["arguments"], max_tokens=60)  # type: ignore[call-overload]
+    assert reply.choices[0].finish_reason == "stop"
+    assert not reply.choices[0].message.content and not reply.choices[0].message.tool_calls
+    chunks = list(client.chat.completions.create(**args, stop=["arguments"], stream=True))  # type: ignore[call-overload]
+    assert not "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
 def test_a_forced_call_cut_by_max_tokens_leaks_no_markup(client: openai.OpenAI) -> None:
     # 3 tokens end inside "<tool_call>": the held-back start of the marker is not content
     args = {"model": MODEL, "messages": ASK, "tools": [WEATHER], "tool_choice": "required"}

@@ -299,7 +299,9 @@ async def _answer(
             current.stream.cancel()
         parsed = splitter.finish() if splitter else ParsedOutput(None, [])
         held_text = parsed.content
-        if finish == "length" and plan:
+        # a forced call ends only once complete: unparsed, a stop string cut it as max_tokens can
+        is_forced = plan is not None and round_no == 0 and plan.forced_grammar is not None
+        if plan and (finish == "length" or is_forced):
             parsed = _without_cut_call(parsed, plan.parser)
         if parsed.content:  # the held logprobs only if every held token became this content
             whole = not parsed.tool_calls and parsed.content == held_text
