@@ -26,6 +26,13 @@ PERSON = {
 ASK = [{"role": "user", "content": "Describe a user of a web site as JSON."}]
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"x": schema}}
+    return schema
+
+
 def _constrained(
     client: openai.OpenAI, prompt: str, max_tokens: int, seed: int, **constraint: object
 ) -> openai.types.Completion:
@@ -199,6 +206,8 @@ def test_guided_json_on_chat_streams_valid_json(client: openai.OpenAI) -> None:
         ({"guided_json": "{not json"}, "guided_json"),
         ({"guided_regex": "(?=lookahead)x"}, "guided_regex"),
         ({"guided_regex": "a{3000}"}, "guided_regex"),  # llama.cpp would drop the bound
+        ({"guided_regex": "a\\x00b"}, "guided_regex"),  # llama.cpp aborted the process
+        ({"guided_json": _nested(100)}, "guided_json"),  # jsonschema's recursion: was a 500
         ({"guided_regex": "(" * 3000 + "a" + ")" * 3000}, "guided_regex"),  # was a 500
         ({"guided_regex": r"(a)\1"}, "guided_regex"),
         ({"guided_regex": "(?i)abc"}, "guided_regex"),
@@ -240,6 +249,22 @@ def test_unsupported_or_invalid_constraints_are_400(
         {"enum": ["ab", "a", "abc", 1, 12, None, {"k": "a"}]},  # values that prefix others
         # the keywords beside an enum narrow it (the enum alone gave "a", 1)
         {"type": ["string", "null"], "enum": ["a", 1, "abc", 2], "minLength": 2},
+        {"oneOf": [{"enum": ["x", "y"]}, {"enum": ["x"]}]},  # "x" is in both: not one of
+        {"anyOf": [{"enum": ["aaa", "b"]}, {"enum": ["ccc"]}], "maxLength": 1},  # gave "ccc"
+        {  # an enum beside a $ref, and one inside an allOf beside maxLength
+            "type": "object",
+            "properties": {
+                "a": {"enum": ["yy", "y"], "$ref": "#/$defs/short"},
+                "b": {"allOf": [{"enum": ["x", "yy"]}], "maxLength": 1},  # gave {}
+            },
+            "required": ["a", "b"],
+            "$defs": {"short": {"maxLength": 1}},
+        },
+        {  # keywords beside anyOf move into its branches
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "anyOf": [{"required": ["a"]}, {"required": ["b"]}],
+        },
     ],
 )
 def test_schemas_with_escapes_bounds_and_wrappers_validate(
@@ -269,6 +294,8 @@ def test_a_huge_max_length_is_served(server: Server) -> None:
         {"type": "array", "minItems": 3, "maxItems": 1},
         {"enum": []},
         {"const": "a", "enum": ["b"]},  # no value is both
+        {"$ref": "#/$defs/s", "maxLength": 2, "$defs": {"s": {"minLength": 5}}},  # was dropped
+        {"allOf": [{"minLength": 1}, {"maxLength": 3}]},  # was merged as objects: {}
         {"type": "string", "minLength": 5000},
         {"type": "array", "items": {"type": "integer"}, "minItems": 5000},
     ],

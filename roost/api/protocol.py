@@ -262,11 +262,20 @@ def _checked_schema(value: Any, param: str) -> dict[str, Any]:
             raise InvalidRequest("the JSON schema is not valid JSON", param=param) from None
     if not isinstance(value, dict):
         raise InvalidRequest("a JSON schema must be an object", param=param)
-    try:
-        Draft202012Validator.check_schema(value)
-    except SchemaError as exc:
-        raise InvalidRequest(f"invalid JSON schema: {exc.message}", param=param) from None
+    if (problem := _schema_problem(value)) is not None:
+        raise InvalidRequest(f"invalid JSON schema: {problem}", param=param)
     return value
+
+
+def _schema_problem(schema: dict[str, Any]) -> str | None:
+    """Why `schema` is not a valid JSON schema; None if it is one."""
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        return str(exc.message)
+    except RecursionError:  # jsonschema recurses once per level
+        return "the schema is nested too deeply"
+    return None
 
 
 class FunctionDefinition(Request):
@@ -320,13 +329,11 @@ class ChatCompletionRequest(SamplingRequest):
                     f"the parameters of tool '{function.name}' must be an object schema",
                     param=f"tools[{i}].function.parameters",
                 )
-            try:
-                Draft202012Validator.check_schema(parameters)
-            except SchemaError as exc:
+            if (problem := _schema_problem(parameters)) is not None:
                 raise InvalidRequest(
-                    f"invalid JSON schema for tool '{function.name}': {exc.message}",
+                    f"invalid JSON schema for tool '{function.name}': {problem}",
                     param=f"tools[{i}].function.parameters",
-                ) from None
+                )
             specs.append(ToolSpec(function.name, function.description, parameters))
         return specs
 

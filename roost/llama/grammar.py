@@ -6,7 +6,9 @@ import json
 from itertools import groupby
 from typing import Any
 
+import jsonschema
 import llama_cpp
+import referencing.exceptions
 from jsonschema import Draft202012Validator
 from llama_cpp.llama_grammar import (
     PRIMITIVE_RULES,
@@ -54,6 +56,20 @@ _FORMATS = frozenset({"date", "time", "date-time", "uuid"})
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
 _ANNOTATIONS = frozenset({"description", "title", "default", "examples", "deprecated"})
+_CONTAINERS = frozenset({"$defs", "definitions", "$schema", "$id", "$comment"})
+# keywords whose meaning depends on others in the same schema object: not moved across objects
+_CONTEXTUAL = frozenset(
+    {
+        "additionalProperties",
+        "patternProperties",
+        "unevaluatedProperties",
+        "items",
+        "prefixItems",
+        "unevaluatedItems",
+        "additionalItems",
+        "$ref",
+    }
+)
 _REPEAT_BOUNDS = frozenset({"minLength", "maxLength", "minItems", "maxItems"})
 MAX_ENUMERATED_RANGE = 256
 MAX_FREE_STRING = 256  # characters of a string whose schema sets no maxLength
@@ -64,12 +80,18 @@ _JSON_CHAR = (
 )
 
 
-def enforceable(schema: Any, where: str = "") -> Any:
-    """The schema with small integer ranges as enums; GrammarError if any rule would be lost."""
+def enforceable(schema: Any, where: str = "", root: Draft202012Validator | None = None) -> Any:
+    """The schema in a form the converter enforces whole: listed values narrowed by the rest
+    of the schema, keywords beside a union moved into its branches, small integer ranges as
+    enums; GrammarError if any rule would be lost. `root`: the whole document's validator."""
     if not isinstance(schema, dict):
         return schema
-    if "enum" in schema or "const" in schema:
-        return _listed_values(schema, where)
+    if root is None:
+        root = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    listed = _listed(schema)
+    if listed is not None:
+        return _narrowed(schema, listed, root, where)
+    schema = _into_branches(schema, where)
     # the converter drops every keyword on a type list: one branch per type keeps them
     if isinstance(schema.get("type"), list) and "anyOf" not in schema:
         rest = {k: v for k, v in schema.items() if k != "type"}
@@ -87,32 +109,77 @@ def enforceable(schema: Any, where: str = "") -> Any:
     out = dict(schema)
     for key in _SUBSCHEMA_LISTS:
         if isinstance(schema.get(key), list):
-            out[key] = [enforceable(s, f"{where}/{key}/{i}") for i, s in enumerate(schema[key])]
+            out[key] = [
+                enforceable(s, f"{where}/{key}/{i}", root) for i, s in enumerate(schema[key])
+            ]
     for key in _SUBSCHEMA_MAPS:
         if isinstance(schema.get(key), dict):
-            out[key] = {k: enforceable(s, f"{where}/{key}/{k}") for k, s in schema[key].items()}
+            out[key] = {
+                k: enforceable(s, f"{where}/{key}/{k}", root) for k, s in schema[key].items()
+            }
     for key in ("items", "additionalProperties"):
         if isinstance(schema.get(key), dict):
-            out[key] = enforceable(schema[key], f"{where}/{key}")
+            out[key] = enforceable(schema[key], f"{where}/{key}", root)
     return out
 
 
-def _listed_values(schema: dict[str, Any], where: str) -> dict[str, Any]:
-    """An enum or const narrowed by the schema's other keywords (`type`, `minLength`, a const
-    beside an enum, ...): the converter writes the listed values alone, whatever else the
-    schema says, so a value those keywords reject would be generated."""
-    values = schema["enum"] if "enum" in schema else [schema["const"]]
-    rest = {k: v for k, v in schema.items() if k != "enum"}
-    if "enum" not in schema:
-        rest.pop("const")
+def _listed(schema: dict[str, Any]) -> list[Any] | None:
+    """The values a schema lists, if it lists them: its enum or const, those of an allOf part,
+    or the union of a oneOf's / anyOf's when every branch lists its values."""
+    if "enum" in schema:
+        return list(schema["enum"]) if isinstance(schema["enum"], list) else None
+    if "const" in schema:
+        return [schema["const"]]
+    for part in schema.get("allOf") or []:
+        found = _listed(part) if isinstance(part, dict) else None
+        if found is not None:
+            return found
+    for key in ("oneOf", "anyOf"):
+        branches = schema.get(key)
+        if isinstance(branches, list) and branches:
+            each = [_listed(b) if isinstance(b, dict) else None for b in branches]
+            if all(values is not None for values in each):
+                return [value for values in each for value in values or []]
+    return None
+
+
+def _narrowed(
+    schema: dict[str, Any], values: list[Any], root: Draft202012Validator, where: str
+) -> dict[str, Any]:
+    """Listed values are written alone, whatever else the schema says (`type`, `minLength`, a
+    `$ref`, a oneOf's exclusivity, ...): keep those the whole schema accepts."""
     try:
-        check = Draft202012Validator(rest, format_checker=Draft202012Validator.FORMAT_CHECKER)
+        check = root.evolve(schema=schema)  # its $refs resolve against the whole document
         kept = [value for value in values if check.is_valid(value)]
-    except Exception:  # a $ref this part of the schema cannot resolve: keep the list as is
-        kept = list(values)
-    if not kept:
+    except (jsonschema.exceptions.RefResolutionError, referencing.exceptions.Unresolvable) as exc:
+        raise GrammarError(f"cannot check the listed values at '{where or '/'}': {exc}") from exc
+    unique = list({json.dumps(value, sort_keys=True): value for value in kept}.values())
+    if not unique:
         raise GrammarError(f"no listed value satisfies the schema at '{where or '/'}'")
-    return {"enum": kept}
+    return {"enum": unique}
+
+
+def _into_branches(schema: dict[str, Any], where: str) -> dict[str, Any]:
+    """The converter writes a `$ref`, `anyOf` or `oneOf` alone, dropping every keyword beside
+    it. Beside a union they move into each branch (A or B, and S, is A and S, or B and S),
+    where keys do not collide and no keyword depends on its neighbours; otherwise a 400."""
+    union = next((key for key in ("$ref", "anyOf", "oneOf") if key in schema), None)
+    if union is None:
+        return schema
+    beside = {k: v for k, v in schema.items() if k != union and k not in _ANNOTATIONS | _CONTAINERS}
+    if not beside:
+        return schema
+    branches = schema[union]
+    mergeable = union != "$ref" and all(
+        isinstance(b, dict) and not beside.keys() & b.keys() for b in branches
+    )
+    contextual = {k for b in branches if isinstance(b, dict) for k in b} | beside.keys()
+    if not mergeable or contextual & _CONTEXTUAL:
+        raise GrammarError(
+            f"cannot enforce {', '.join(sorted(beside))} beside {union} at '{where or '/'}'"
+        )
+    rest = {k: v for k, v in schema.items() if k not in beside}
+    return {**rest, union: [{**beside, **b} for b in branches]}
 
 
 def _integer_range_as_enum(schema: dict[str, Any]) -> dict[str, Any]:
@@ -127,15 +194,11 @@ def _integer_range_as_enum(schema: dict[str, Any]) -> dict[str, Any]:
     high = min((b for b in highs if b is not None), default=None)
     if low is None or high is None or high - low >= MAX_ENUMERATED_RANGE:
         return schema
-    values = list(range(low, high + 1))
-    for key, allowed in (("enum", schema.get("enum")), ("const", [schema.get("const")])):
-        if key in schema:  # the range narrows what the schema already lists
-            values = [v for v in values if v in (allowed or []) and not isinstance(v, bool)]
-    if not values:
-        raise GrammarError(f"no integer in {low}..{high} is in the schema's enum or const")
-    bounds = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "type", "enum"}
-    rest = {k: v for k, v in schema.items() if k not in bounds | {"const"}}
-    return {**rest, "enum": values}
+    if low > high:
+        raise GrammarError(f"no integer lies in {low}..{high}")
+    bounds = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "type"}
+    rest = {k: v for k, v in schema.items() if k not in bounds}
+    return {**rest, "enum": list(range(low, high + 1))}
 
 
 def _shifted(bound: Any, step: int) -> Any:
@@ -152,7 +215,7 @@ def _single_all_of(schema: dict[str, Any], where: str) -> dict[str, Any]:
     rest = {k: v for k, v in schema.items() if k != "allOf"}
     if len(parts) == 1 and isinstance(parts[0], dict) and not set(rest) - _ANNOTATIONS:
         return {**rest, **parts[0]}
-    if all(isinstance(p, dict) and p.get("type", "object") == "object" for p in parts):
+    if all(isinstance(p, dict) and _is_object_schema(p) for p in parts):
         return schema  # object schemas: the converter merges their properties
     raise GrammarError(f"cannot enforce allOf of non-object schemas at '{where or '/'}'")
 
@@ -170,6 +233,12 @@ def _bounded_repeats(schema: dict[str, Any], where: str) -> dict[str, Any]:
         if isinstance(schema.get(high), int) and schema[high] > MAX_REPEAT:
             out = {**out, high: MAX_REPEAT}
     return out
+
+
+def _is_object_schema(schema: dict[str, Any]) -> bool:
+    if "type" in schema:
+        return bool(schema["type"] == "object")
+    return bool({"properties", "required", "additionalProperties"} & schema.keys())
 
 
 def _check_satisfiable(schema: dict[str, Any], where: str) -> None:

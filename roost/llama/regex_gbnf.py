@@ -123,6 +123,8 @@ class _Emitter:
         raise RegexError(f"{what} cannot be enforced by a grammar")
 
     def literal(self, char: str) -> str:
+        if char == "\x00" and not self.json_string:  # llama.cpp aborts the process sampling it
+            raise RegexError("a NUL character cannot be generated")
         text = json.dumps(char)[1:-1] if self.json_string else char  # e.g. '"' -> '\\"'
         return '"' + "".join(_char(c, _LITERAL_SPECIAL) for c in text) + '"'
 
