@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from itertools import groupby
 from typing import Any
 
@@ -88,9 +89,14 @@ def enforceable(schema: Any, where: str = "", root: Draft202012Validator | None 
         return schema
     if root is None:
         root = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
-    listed = _listed(schema)
-    if listed is not None:
-        return _narrowed(schema, listed, root, where)
+    try:
+        allowed = _allowed(schema, root)
+    except (jsonschema.exceptions.RefResolutionError, referencing.exceptions.Unresolvable) as exc:
+        raise GrammarError(f"cannot check the listed values at '{where or '/'}': {exc}") from exc
+    if allowed is not None:
+        if not allowed:
+            raise GrammarError(f"no listed value satisfies the schema at '{where or '/'}'")
+        return {"enum": allowed}  # written alone, whatever else the schema says
     schema = _into_branches(schema, where)
     # the converter drops every keyword on a type list: one branch per type keeps them
     if isinstance(schema.get("type"), list) and "anyOf" not in schema:
@@ -123,40 +129,50 @@ def enforceable(schema: Any, where: str = "", root: Draft202012Validator | None 
     return out
 
 
-def _listed(schema: dict[str, Any]) -> list[Any] | None:
-    """The values a schema lists, if it lists them: its enum or const, those of an allOf part,
-    or the union of a oneOf's / anyOf's when every branch lists its values."""
-    if "enum" in schema:
-        return list(schema["enum"]) if isinstance(schema["enum"], list) else None
-    if "const" in schema:
-        return [schema["const"]]
-    for part in schema.get("allOf") or []:
-        found = _listed(part) if isinstance(part, dict) else None
+def _allowed(schema: dict[str, Any], root: Draft202012Validator) -> list[Any] | None:
+    """The values a schema lists (its enum or const, an allOf part's, or those of a oneOf or
+    anyOf whose branches all list values) that the whole schema accepts; None if it lists none.
+    Membership is settled by hashing, so jsonschema only checks the other keywords: checking a
+    50,000-value enum against itself took minutes."""
+    if isinstance(schema.get("enum"), list) or "const" in schema:
+        listing = "enum" if "enum" in schema else "const"
+        values = list(schema["enum"]) if listing == "enum" else [schema["const"]]
+        return _accepted(values, {k: v for k, v in schema.items() if k != listing}, root)
+    parts = schema.get("allOf")
+    for i, part in enumerate(parts if isinstance(parts, list) else []):
+        found = _allowed(part, root) if isinstance(part, dict) else None
         if found is not None:
-            return found
+            rest = {k: v for k, v in schema.items() if k != "allOf"}
+            if others := parts[:i] + parts[i + 1 :]:
+                rest["allOf"] = others
+            return _accepted(found, rest, root)
     for key in ("oneOf", "anyOf"):
         branches = schema.get(key)
-        if isinstance(branches, list) and branches:
-            each = [_listed(b) if isinstance(b, dict) else None for b in branches]
-            if all(values is not None for values in each):
-                return [value for values in each for value in values or []]
+        if not isinstance(branches, list) or not branches:
+            continue
+        each = [_allowed(b, root) if isinstance(b, dict) else None for b in branches]
+        if all(values is not None for values in each):
+            counts = Counter(_value_key(v) for values in each for v in _unique(values or []))
+            union = _unique([v for values in each for v in values or []])
+            wanted = [v for v in union if key == "anyOf" or counts[_value_key(v)] == 1]
+            return _accepted(wanted, {k: v for k, v in schema.items() if k != key}, root)
     return None
 
 
-def _narrowed(
-    schema: dict[str, Any], values: list[Any], root: Draft202012Validator, where: str
-) -> dict[str, Any]:
-    """Listed values are written alone, whatever else the schema says (`type`, `minLength`, a
-    `$ref`, a oneOf's exclusivity, ...): keep those the whole schema accepts."""
-    try:
-        check = root.evolve(schema=schema)  # its $refs resolve against the whole document
-        kept = [value for value in values if check.is_valid(value)]
-    except (jsonschema.exceptions.RefResolutionError, referencing.exceptions.Unresolvable) as exc:
-        raise GrammarError(f"cannot check the listed values at '{where or '/'}': {exc}") from exc
-    unique = list({json.dumps(value, sort_keys=True): value for value in kept}.values())
-    if not unique:
-        raise GrammarError(f"no listed value satisfies the schema at '{where or '/'}'")
-    return {"enum": unique}
+def _accepted(values: list[Any], rest: dict[str, Any], root: Draft202012Validator) -> list[Any]:
+    values = _unique(values)
+    if not rest.keys() - _ANNOTATIONS - _CONTAINERS:
+        return values
+    check = root.evolve(schema=rest)  # its $refs resolve against the whole document
+    return [value for value in values if check.is_valid(value)]
+
+
+def _unique(values: list[Any]) -> list[Any]:
+    return list({_value_key(value): value for value in values}.values())
+
+
+def _value_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
 
 
 def _into_branches(schema: dict[str, Any], where: str) -> dict[str, Any]:
