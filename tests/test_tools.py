@@ -249,18 +249,22 @@ def _forced(name: str) -> dict:
     return {"type": "function", "function": {"name": name}}
 
 
+def _ask_calculator(server: Server, max_tokens: int, **extra: object) -> dict:
+    """A greedy chat request forced to call `calculator`."""
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "What is 12*7?"}],
+        "tool_choice": _forced("calculator"),
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        **extra,
+    }
+    with server.http() as http:
+        return dict(http.post("/v1/chat/completions", json=body).json())
+
+
 def test_server_tool_runs_and_model_answers(tool_server: Server) -> None:
-    with tool_server.http() as http:
-        body = http.post(
-            "/v1/chat/completions",
-            json={
-                "model": MODEL,
-                "messages": [{"role": "user", "content": "What is 12*7?"}],
-                "tool_choice": _forced("calculator"),
-                "max_tokens": 150,
-                "temperature": 0,
-            },
-        ).json()
+    body = _ask_calculator(tool_server, 150)
     executed = body["server_tool_calls"]
     assert executed and executed[0]["name"] == "calculator"
     arguments = json.loads(executed[0]["arguments"])
@@ -284,18 +288,7 @@ def test_a_client_tool_of_a_server_tools_name_is_the_clients(tool_server: Server
             },
         },
     }
-    with tool_server.http() as http:
-        body = http.post(
-            "/v1/chat/completions",
-            json={
-                "model": MODEL,
-                "messages": [{"role": "user", "content": "What is 12*7?"}],
-                "tools": [mine],
-                "tool_choice": _forced("calculator"),
-                "max_tokens": 40,
-                "temperature": 0,
-            },
-        ).json()
+    body = _ask_calculator(tool_server, 40, tools=[mine])
     assert body.get("server_tool_calls") is None  # the server ran its own calculator before
     choice = body["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
