@@ -435,6 +435,17 @@ def test_stream_keeps_content_after_calls() -> None:
     _assert_calls(final, (PARIS,))
 
 
+def test_stream_holds_white_space_before_a_call() -> None:
+    stream = ToolCallStream(PARSERS["hermes"])
+    assert stream.feed("\n") == ""
+    assert stream.feed(f"<tool_call>\n{WEATHER_PARIS}\n</tool_call>") == ""
+    final = stream.finish()
+    assert final.content is None and [c.name for c in final.tool_calls] == ["get_weather"]
+    prose = ToolCallStream(PARSERS["hermes"])
+    assert prose.feed("\n ") == ""
+    assert prose.feed("Hi <") == "\n Hi "  # held white space goes out with the first words
+
+
 def test_stream_unparseable_buffer_becomes_content() -> None:
     stream = ToolCallStream(PARSERS["mistral"])
     text = '[TOOL_CALLS][{"name": "a", "arguments": {"x": 1}'

@@ -454,9 +454,9 @@ def test_streamed_logprobs_wait_only_for_their_own_text() -> None:
     # one feed may let earlier text through and hold a new "<" (a possible call marker)
     splitter, held = ToolCallStream(PARSERS["hermes"]), HeldLogprobs()
     sent = []
-    for token, text in enumerate([" <", "v> <", "b", "<tool_call>"]):
+    for token, text in enumerate(["a <", "v> <", "b", "<tool_call>"]):
         passed = splitter.feed(text)
         released = held.pass_on(text, [TokenLogprob(token, 0.0)], passed)
         sent.append((passed, [lp.token for lp in released]))
-    assert sent == [(" ", []), ("<v> ", [0]), ("<b", [1, 2]), ("", [])]
+    assert sent == [("a ", []), ("<v> ", [0]), ("<b", [1, 2]), ("", [])]
     assert [lp.token for lp in held.rest()] == [3]

@@ -277,7 +277,9 @@ def partial_marker_len(text: str, markers: tuple[str, ...]) -> int:
 class ToolCallStream:
     """Incremental splitter: feed() returns content safe to emit now (never a marker or the start
     of one); once a start marker is seen everything from it is buffered; finish() parses it.
-    `names`: the functions on offer (None: any); calls of others stay content."""
+    White space before anything else is held too: before a call it is no answer (OpenAI streams
+    no content for a call alone). `names`: the functions on offer (None: any); calls of others
+    stay content."""
 
     def __init__(self, parser: ToolCallParser, names: Collection[str] | None = None) -> None:
         self._parser = parser
@@ -285,6 +287,7 @@ class ToolCallStream:
         self._state = StreamState.CONTENT
         self._pending = ""
         self._buffer: list[str] = []
+        self._has_said = False  # whether feed() has returned anything but white space
 
     @property
     def is_buffering(self) -> bool:
@@ -298,11 +301,19 @@ class ToolCallStream:
         start = find_marker(text, self._parser.start_markers)
         if start is not None:
             self._state = StreamState.BUFFERING
-            self._buffer = [text[start:]]
             self._pending = ""
+            if not self._has_said and not text[:start].strip():
+                self._buffer = [text]  # finish() drops it if only calls follow
+                return ""
+            self._buffer = [text[start:]]
+            self._has_said = True
             return text[:start]
         safe = len(text) - partial_marker_len(text, self._parser.start_markers)
+        if not self._has_said and not text[:safe].strip():
+            self._pending = text
+            return ""
         self._pending = text[safe:]
+        self._has_said = True
         return text[:safe]
 
     def finish(self) -> ParsedOutput:
