@@ -26,6 +26,10 @@ PERSON = {
 ASK = [{"role": "user", "content": "Describe a user of a web site as JSON."}]
 
 
+def _kind(kind: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {"kind": {"const": kind}}, "required": ["kind"]}
+
+
 def _nested(depth: int) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "integer"}
     for _ in range(depth):
@@ -259,6 +263,11 @@ def test_unsupported_or_invalid_constraints_are_400(
             },
             "required": ["a", "b"],
             "$defs": {"short": {"maxLength": 1}},
+        },
+        {  # pydantic's discriminated union: OpenAPI's `discriminator` constrains nothing
+            "oneOf": [{"$ref": "#/$defs/A"}, {"$ref": "#/$defs/B"}],
+            "discriminator": {"propertyName": "kind", "mapping": {"a": "#/$defs/A"}},
+            "$defs": {name: _kind(name.lower()) for name in ("A", "B")},
         },
         {  # keywords beside anyOf move into its branches
             "type": "object",

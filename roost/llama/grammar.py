@@ -57,7 +57,19 @@ _FORMATS = frozenset({"date", "time", "date-time", "uuid"})
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
 _ANNOTATIONS = frozenset({"description", "title", "default", "examples", "deprecated"})
-_CONTAINERS = frozenset({"$defs", "definitions", "$schema", "$id", "$comment"})
+# JSON Schema's assertions and applicators; anything else (annotations, `$defs`, OpenAPI's
+# `discriminator`, `x-` extensions) constrains no value
+_VALIDATION = frozenset(
+    {
+        "type", "enum", "const", "multipleOf", "maximum", "exclusiveMaximum", "minimum",
+        "exclusiveMinimum", "maxLength", "minLength", "pattern", "format", "maxItems",
+        "minItems", "uniqueItems", "maxContains", "minContains", "contains", "maxProperties",
+        "minProperties", "required", "dependentRequired", "properties", "patternProperties",
+        "additionalProperties", "propertyNames", "dependentSchemas", "items", "prefixItems",
+        "additionalItems", "unevaluatedItems", "unevaluatedProperties", "allOf", "anyOf",
+        "oneOf", "not", "if", "then", "else", "$ref",
+    }
+)  # fmt: skip
 # keywords whose meaning depends on others in the same schema object: not moved across objects
 _CONTEXTUAL = frozenset(
     {
@@ -161,7 +173,7 @@ def _allowed(schema: dict[str, Any], root: Draft202012Validator) -> list[Any] | 
 
 def _accepted(values: list[Any], rest: dict[str, Any], root: Draft202012Validator) -> list[Any]:
     values = _unique(values)
-    if not rest.keys() - _ANNOTATIONS - _CONTAINERS:
+    if not rest.keys() & _VALIDATION:
         return values
     check = root.evolve(schema=rest)  # its $refs resolve against the whole document
     return [value for value in values if check.is_valid(value)]
@@ -182,12 +194,13 @@ def _into_branches(schema: dict[str, Any], where: str) -> dict[str, Any]:
     union = next((key for key in ("$ref", "anyOf", "oneOf") if key in schema), None)
     if union is None:
         return schema
-    beside = {k: v for k, v in schema.items() if k != union and k not in _ANNOTATIONS | _CONTAINERS}
+    beside = {k: v for k, v in schema.items() if k != union and k in _VALIDATION}
     if not beside:
         return schema
     branches = schema[union]
-    mergeable = union != "$ref" and all(
-        isinstance(b, dict) and not beside.keys() & b.keys() for b in branches
+    mergeable = union != "$ref" and all(  # a key both sides hold must agree
+        isinstance(b, dict) and all(b[k] == v for k, v in beside.items() if k in b)
+        for b in branches
     )
     contextual = {k for b in branches if isinstance(b, dict) for k in b} | beside.keys()
     if not mergeable or contextual & _CONTEXTUAL:
