@@ -426,7 +426,10 @@ class Grammar:
 
     def sampler(self) -> llama_cpp.llama_sampler_p:
         """A fresh grammar sampler, owned by the caller."""
-        return llama_cpp.llama_sampler_clone(self._ptr)
+        copy = llama_cpp.llama_sampler_clone(self._ptr)
+        if not copy:
+            raise GrammarError("llama.cpp could not copy the grammar")
+        return copy
 
     def __del__(self) -> None:
         if getattr(self, "_ptr", None):

@@ -116,7 +116,7 @@ class _Emitter:
         if op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT):
             low, high, sub = arg
             if low > MAX_REPEAT:
-                raise RegexError(f"a repetition of at least {low} (above {MAX_REPEAT})")
+                raise RegexError(f"a repetition of at least {low} (at most {MAX_REPEAT} can be)")
             bound = "" if high == sre.MAXREPEAT else str(min(high, MAX_REPEAT))
             return f"({self.sequence(list(sub))}){{{low},{bound}}}"
         what = _UNSUPPORTED.get(str(op), str(op).lower())
