@@ -72,6 +72,7 @@ class ToolPlan:
     is_native: bool  # the model's template renders `tools` itself
     forced_grammar: Grammar | None  # tool_choice required / named: first turn only
     allow_many: bool
+    server_tools: dict[str, ServerTool]  # those offered: a client tool of the same name wins
 
 
 @dataclass
@@ -91,12 +92,15 @@ class Turn:
     body: ChatCompletionRequest
     served: ServedModel
     plan: ToolPlan | None
-    server_tools: dict[str, ServerTool]
     tool_timeout: float
     max_rounds: int
     output_grammar: Grammar | None  # response_format / guided_*: every round's output
     usage: Usage = field(default_factory=Usage)
     executed: list[ServerToolCall] = field(default_factory=list)
+
+    @property
+    def server_tools(self) -> dict[str, ServerTool]:
+        return self.plan.server_tools if self.plan else {}
 
 
 async def create_chat_completion(
@@ -109,14 +113,8 @@ async def create_chat_completion(
     server_tools: dict[str, ServerTool] = request.app.state.server_tools
     # llama.cpp may take seconds to parse a large grammar: never on the event loop
     grammar = await asyncio.to_thread(served.output_grammar, body.output_constraint())
-    # constrained output is the answer itself: tools are then not offered; and a client tool
-    # of a server tool's name is the client's to run
-    client_names = {spec.name for spec in body.tool_specs()}
-    offered = {
-        name: tool
-        for name, tool in server_tools.items()
-        if grammar is None and name not in client_names
-    }
+    # constrained output is the answer itself: tools are then not offered
+    offered = server_tools if grammar is None else {}
     plan = await asyncio.to_thread(_plan_tools, body, served, offered)
     if grammar is not None and plan is not None:
         raise InvalidRequest(
@@ -128,7 +126,6 @@ async def create_chat_completion(
         body,
         served,
         plan,
-        offered,
         settings.tool_timeout,
         settings.tool_max_rounds,
         grammar,
@@ -181,7 +178,8 @@ def _plan_tools(
     names = [spec.name for spec in client_specs]
     if len(set(names)) != len(names):
         raise InvalidRequest("tool names must be unique", param="tools")
-    specs = client_specs + [t.spec for t in server_tools.values()]
+    offered = {name: tool for name, tool in server_tools.items() if name not in names}
+    specs = client_specs + [tool.spec for tool in offered.values()]
     if not specs:
         if choice not in (None, "auto"):
             raise InvalidRequest("tool_choice requires tools", param="tool_choice")
@@ -199,7 +197,7 @@ def _plan_tools(
             grammar = Grammar(served.client.model, text)
         except GrammarError as exc:
             raise InvalidRequest(str(exc), param="tools") from exc
-    return ToolPlan(specs, parser, is_native, grammar, body.parallel_tool_calls)
+    return ToolPlan(specs, parser, is_native, grammar, body.parallel_tool_calls, offered)
 
 
 def _forced_specs(choice: object, specs: list[ToolSpec]) -> list[ToolSpec]:

@@ -419,7 +419,6 @@ class Grammar:
     every running sequence waits on, never parses."""
 
     def __init__(self, model: LlamaModel, text: str) -> None:
-        self.text = text
         self._ptr = llama_cpp.llama_sampler_init_grammar(model.vocab, text.encode(), b"root")
         if not self._ptr:  # llama.cpp returns NULL for a grammar it rejects
             raise GrammarError("the generated grammar was rejected by llama.cpp")
