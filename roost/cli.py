@@ -29,7 +29,8 @@ def _flag_type(annotation: Any) -> Any:
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         flag = f"--{name.replace('_', '-')}"
-        if field.annotation is bool:
+        if field.annotation is bool or bool in typing.get_args(field.annotation):
+            # a tri-state such as `repack` (bool or "auto") takes --x/--no-x; unset keeps auto
             parser.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, help=field.description
             )
@@ -77,14 +78,25 @@ def serve(settings: Settings) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=5,
+    failures: list[str] = []
+
+    def stop(message: str) -> None:  # a configuration that cannot load: exit, do not linger
+        failures.append(message)
+        server.should_exit = True
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, on_fatal=stop),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            timeout_graceful_shutdown=5,
+        )
     )
-    return 0
+    server.run()
+    for message in failures:
+        print(f"roost: {message}", file=sys.stderr)
+    return 2 if failures else 0
 
 
 if __name__ == "__main__":

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -15,8 +14,19 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from roost.host import available_cpus
+
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# tokens each sequence gets when ctx_size is not set (never more than the training context)
+DEFAULT_TOKENS_PER_SEQUENCE = 4096
+
+Repack = bool | Literal["auto"]
+
+
+def default_ctx_size(parallel: int, num_ctx_train: int) -> int:
+    """KV cells in all when ctx_size is unset: 4,096 per sequence, at most the training context."""
+    return min(DEFAULT_TOKENS_PER_SEQUENCE, num_ctx_train) * parallel
 
 
 def embedded_model_path() -> Path:
@@ -43,6 +53,8 @@ class ModelConfig(BaseModel):
     generate: bool | None = None  # False: embeddings only (no generation context at all)
     embeddings: bool | None = None
     embedding_ctx_size: int | None = Field(default=None, ge=16)
+    repack: Repack | None = None
+    n_gpu_layers: int | None = Field(default=None, ge=-1, le=2**31 - 1)
 
 
 class EngineConfig(BaseModel):
@@ -51,7 +63,7 @@ class EngineConfig(BaseModel):
     name: str
     path: Path
     parallel: int
-    ctx_size: int | None  # None: the model's training context
+    ctx_size: int | None  # None: default_ctx_size once the model's training context is known
     threads: int
     batch_size: int
     max_waiting: int
@@ -61,6 +73,8 @@ class EngineConfig(BaseModel):
     generate: bool = True  # chat and completions
     embeddings: bool = True  # /v1/embeddings, from a context of its own
     embedding_ctx_size: int = 2048  # longest embedding input, before the training-context cap
+    repack: bool | None = None  # None: auto (off on AMX CPUs)
+    n_gpu_layers: int | None = None  # None: all layers when llama.cpp can offload, else 0
 
     @model_validator(mode="after")
     def _serves_something(self) -> EngineConfig:
@@ -90,7 +104,8 @@ class Settings(BaseSettings):
         default=None,
         ge=64,
         description="KV cache tokens in all; each request gets ctx-size/parallel "
-        "(or all of it with --kv-unified). Default: the model's training context",
+        "(or all of it with --kv-unified). Default: 4096 per sequence times parallel (at most the "
+        "model's training context per sequence)",
     )
     kv_unified: bool = Field(
         default=False,
@@ -104,7 +119,22 @@ class Settings(BaseSettings):
         "split into chunks or served from the prefix cache, so seeded output repeats exactly",
     )
     threads: int = Field(
-        default_factory=lambda: os.cpu_count() or 1, ge=1, description="CPU threads"
+        default_factory=available_cpus,
+        ge=1,
+        description="CPU threads per model (default: the CPUs this process may use); its "
+        "generation and embedding contexts split them while both are busy",
+    )
+    repack: Repack = Field(
+        default="auto",
+        description="let llama.cpp repack weights into its CPU-specific layouts (AMX, AVX2, ARM); "
+        "auto: off on AMX CPUs, where llama.cpp's AMX path crashes on some machines",
+    )
+    n_gpu_layers: int | None = Field(
+        default=None,
+        ge=-1,
+        le=2**31 - 1,
+        description="layers offloaded to the GPU (-1: all); default all when llama.cpp was "
+        "built with a GPU backend, else 0",
     )
     batch_size: int = Field(default=512, ge=16, description="max tokens per decode step")
     max_waiting: int = Field(
@@ -164,7 +194,13 @@ class Settings(BaseSettings):
             generate=self.generate if entry.generate is None else entry.generate,
             embeddings=self.embeddings if entry.embeddings is None else entry.embeddings,
             embedding_ctx_size=entry.embedding_ctx_size or self.embedding_ctx_size,
+            repack=_tri_state(self.repack if entry.repack is None else entry.repack),
+            n_gpu_layers=self.n_gpu_layers if entry.n_gpu_layers is None else entry.n_gpu_layers,
         )
+
+
+def _tri_state(repack: Repack) -> bool | None:
+    return None if repack == "auto" else bool(repack)
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
@@ -17,14 +17,15 @@ from roost.chat.server_tools import load_server_tool
 from roost.config import Settings
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
+    """The app; `on_fatal` is told when the models can never load (the server should stop)."""
     registry = ModelRegistry(settings.resolved_models())
     server_tools = {tool.name: tool for tool in map(load_server_tool, settings.tools)}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # load in the background: /health answers 503 "loading" meanwhile
-        loading = asyncio.create_task(registry.load())
+        loading = asyncio.create_task(registry.load(on_fatal))
         try:
             yield
         finally:

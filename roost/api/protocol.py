@@ -561,6 +561,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "roost"
+    # roost's extension: devices, CPU features, threads, KV cache, repacking, GPU layers
+    roost: dict[str, Any] | None = None
 
 
 class ModelList(BaseModel):

@@ -6,6 +6,7 @@ import asyncio
 import enum
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +20,12 @@ from roost.chat.constraints import ConstraintKind, output_grammar
 from roost.chat.template import ChatTemplate, TemplateError
 from roost.config import EngineConfig
 from roost.engine.client import EngineClient
+from roost.engine.cpu import CpuShare
 from roost.engine.embedding_client import EmbeddingClient
+from roost.engine.resources import OutOfMemory, check_memory, plan_memory, runtime_report
+from roost.host import available_memory
 from roost.llama.grammar import Grammar, GrammarError
-from roost.llama.model import LlamaModel
+from roost.llama.model import LlamaModel, LoadOptions
 
 log = logging.getLogger("roost.api")
 
@@ -40,6 +44,7 @@ class ServedModel:
     engine: EngineClient | None = None  # None: the model serves embeddings only
     embedder: EmbeddingClient | None = None  # None: embeddings are off for this model
     created: int = field(default_factory=lambda: int(time.time()))
+    runtime: dict[str, Any] = field(default_factory=dict)  # what it runs on (GET /v1/models)
 
     @property
     def client(self) -> EngineClient:
@@ -125,20 +130,20 @@ class ModelRegistry:
         self.models: dict[str, ServedModel] = {}
         self.status = LoadStatus.LOADING
 
-    async def load(self) -> None:
+    async def load(self, on_fatal: Callable[[str], None] | None = None) -> None:
+        """Load every model; a configuration that cannot fit in memory calls `on_fatal`."""
         loop = asyncio.get_running_loop()
         try:
             for config in self.configs:
                 served = await asyncio.to_thread(_load_model, config, loop)
                 self.models[config.name] = served
-                log.info(
-                    "model %s ready (%s, %d tokens per request%s)",
-                    config.name,
-                    config.path,
-                    served.max_model_len,
-                    "" if served.engine else ", embeddings only",
-                )
+                _log_ready(served)
             self.status = LoadStatus.READY
+        except OutOfMemory as exc:
+            log.error("%s", exc)
+            self.status = LoadStatus.FAILED
+            if on_fatal is not None:
+                on_fatal(str(exc))
         except Exception:
             log.exception("loading models failed")
             self.status = LoadStatus.FAILED
@@ -166,21 +171,20 @@ class ModelRegistry:
 
 def _load_model(config: EngineConfig, loop: asyncio.AbstractEventLoop) -> ServedModel:
     """Load the GGUF once, then the contexts it serves (blocking: run it off the loop)."""
-    model = LlamaModel(config.path)
+    available = available_memory()  # before the weights: loading takes some of it
+    model = LlamaModel(config.path, LoadOptions(config.repack, config.n_gpu_layers))
     served: ServedModel | None = None
     try:
+        memory = plan_memory(config, model)
+        check_memory(config, memory, available)
+        cpu = CpuShare(config.threads)  # the generation and embedding contexts share it
         served = ServedModel(config.name, model, _template(model, config))
         if config.generate:
-            served.engine = EngineClient(config, served.model, loop)
+            served.engine = EngineClient(config, served.model, loop, cpu)
         if config.embeddings:
-            served.embedder = EmbeddingClient(config, served.model, loop)
-            log.info(
-                "model %s embeddings: %d dimensions, %s pooling, inputs up to %d tokens",
-                config.name,
-                served.embedder.num_embd,
-                served.embedder.pooling.name.lower(),
-                served.embedder.max_input_len,
-            )
+            served.embedder = EmbeddingClient(config, served.model, loop, cpu)
+        max_seq_len = served.engine.max_seq_len if served.engine else None
+        served.runtime = runtime_report(config, model, memory, max_seq_len)
     except BaseException:
         if served is None:
             model.close()
@@ -188,6 +192,33 @@ def _load_model(config: EngineConfig, loop: asyncio.AbstractEventLoop) -> Served
             _close(served)
         raise
     return served
+
+
+def _log_ready(served: ServedModel) -> None:
+    runtime = served.runtime
+    devices = ", ".join(f"{d['name']} ({d['description']})" for d in runtime["backend_devices"])
+    log.info(
+        "model %s ready (%s): %d tokens per request, KV cache %d tokens (%.0f MiB), "
+        "%d threads, repack %s, n_gpu_layers %d, devices: %s; CPU features: %s",
+        served.name,
+        served.model.path,
+        served.max_model_len,
+        runtime["kv_cache_tokens"],
+        runtime["kv_cache_bytes"] / 2**20,
+        runtime["threads"],
+        "on" if runtime["repack"] else "off",
+        runtime["n_gpu_layers"],
+        devices,
+        " ".join(runtime["cpu_features"]),
+    )
+    if served.embedder is not None:
+        log.info(
+            "model %s embeddings: %d dimensions, %s pooling, inputs up to %d tokens",
+            served.name,
+            served.embedder.num_embd,
+            served.embedder.pooling.name.lower(),
+            served.embedder.max_input_len,
+        )
 
 
 def _close(served: ServedModel) -> None:

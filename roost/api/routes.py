@@ -63,7 +63,8 @@ async def get_model(request: Request, registry: Registry) -> ModelCard:
 
 
 def _card(registry: ModelRegistry, name: str) -> ModelCard:
-    return ModelCard(id=name, created=registry.models[name].created)
+    served = registry.models[name]
+    return ModelCard(id=name, created=served.created, roost=served.runtime)
 
 
 @v1.post("/chat/completions", response_model=None)

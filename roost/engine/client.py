@@ -8,6 +8,7 @@ import time
 import weakref
 
 from roost.config import EngineConfig
+from roost.engine.cpu import CpuShare
 from roost.engine.engine import Engine
 from roost.engine.params import SamplingParams
 from roost.engine.sequence import Event, Sequence
@@ -22,14 +23,18 @@ class EngineClient:
     """Lives on the event loop; the engine thread hands back one batch of events per step."""
 
     def __init__(
-        self, config: EngineConfig, model: LlamaModel, loop: asyncio.AbstractEventLoop
+        self,
+        config: EngineConfig,
+        model: LlamaModel,
+        loop: asyncio.AbstractEventLoop,
+        cpu: CpuShare | None = None,
     ) -> None:
         self.config = config
         self._loop = loop
         self._ids = itertools.count()
         self.num_in_flight = 0
         self.created = int(time.time())
-        self.engine = Engine(config, model, self._on_events)  # creates a context: off the loop
+        self.engine = Engine(config, model, self._on_events, cpu)  # creates a context: off the loop
         self.model = model
         self.max_seq_len = self.engine.max_seq_len  # prompt + output of one request
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from roost.config import EngineConfig
+from roost.engine.cpu import CpuShare
 from roost.engine.inbox import STOP, Inbox
 from roost.llama.embedding import EmbeddingContext, EmbeddingParams
 from roost.llama.model import LlamaModel
@@ -20,6 +21,7 @@ log = logging.getLogger("roost.engine")
 
 # inputs per decode; short inputs (a sentence is ~10 tokens) fill a 512-token batch at about 50
 MAX_SEQS_PER_DECODE = 64
+_CPU_USER = "embed"  # this embedder's name in the model's CpuShare
 
 
 @dataclass(eq=False)
@@ -72,7 +74,15 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
 class Embedder:
     """One model's embedding context and the thread that owns it; talk to it via `submit`."""
 
-    def __init__(self, config: EngineConfig, model: LlamaModel, sink: JobSink) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        model: LlamaModel,
+        sink: JobSink,
+        cpu: CpuShare | None = None,
+    ) -> None:
+        self.cpu = cpu or CpuShare(config.threads)
+        self.cpu.register(_CPU_USER)
         num_ctx = min(config.embedding_ctx_size, model.num_ctx_train)
         self.ctx = EmbeddingContext(
             model, EmbeddingParams(num_ctx, MAX_SEQS_PER_DECODE, config.threads)
@@ -102,9 +112,10 @@ class Embedder:
 
     def _loop(self) -> None:
         # block when idle: a polling thread would slow the decode threads on small machines
-        while self._inbox.drain(self._apply, block=not self._pending):
+        while self._inbox.drain(self._apply, block=self.cpu.idle_if(_CPU_USER, not self._pending)):
             batch = take_batch(self._pending, self.max_batch_tokens, MAX_SEQS_PER_DECODE)
             if batch:
+                self.ctx.set_threads(self.cpu.threads(_CPU_USER))
                 self._run(batch)
 
     def _apply(self, item: object) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 
 from roost.config import EngineConfig
 from roost.engine.client import QueueFull
+from roost.engine.cpu import CpuShare
 from roost.engine.embedder import Embedder, EmbeddingJob
 from roost.llama.model import LlamaModel
 
@@ -21,13 +22,19 @@ class EmbeddingClient:
     """Lives on the event loop; the embedder thread hands back finished jobs in one call."""
 
     def __init__(
-        self, config: EngineConfig, model: LlamaModel, loop: asyncio.AbstractEventLoop
+        self,
+        config: EngineConfig,
+        model: LlamaModel,
+        loop: asyncio.AbstractEventLoop,
+        cpu: CpuShare | None = None,
     ) -> None:
         self.config = config
         self._loop = loop
         self.num_in_flight = 0
         self.created = int(time.time())
-        self.embedder = Embedder(config, model, self._on_done)  # creates a context: off the loop
+        self.embedder = Embedder(
+            config, model, self._on_done, cpu
+        )  # creates a context: off the loop
         self.max_input_len = self.embedder.ctx.max_input_len  # tokens in one input
         self.num_embd = self.embedder.ctx.num_embd
         self.pooling = self.embedder.ctx.pooling

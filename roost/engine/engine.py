@@ -7,7 +7,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from roost.config import EngineConfig
+from roost.config import EngineConfig, default_ctx_size
+from roost.engine.cpu import CpuShare
 from roost.engine.inbox import STOP, Inbox
 from roost.engine.prefix_cache import SlotTable
 from roost.engine.runner import Runner
@@ -18,6 +19,8 @@ from roost.llama.model import LlamaModel
 from roost.llama.sampler import Sampler
 
 log = logging.getLogger("roost.engine")
+
+_CPU_USER = "generate"  # this engine's name in the model's CpuShare
 
 EventSink = Callable[[list[tuple[Sequence, Event]]], None]
 
@@ -30,14 +33,22 @@ class _Abort:
 class Engine:
     """One model, one context, one thread. Other threads talk to it only through `submit`."""
 
-    def __init__(self, config: EngineConfig, model: LlamaModel, sink: EventSink) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        model: LlamaModel,
+        sink: EventSink,
+        cpu: CpuShare | None = None,
+    ) -> None:
         self.config = config
         self.model = model  # shared with the embedding context: its loader frees it
         self.num_batch = config.batch_size
+        self.cpu = cpu or CpuShare(config.threads)
+        self.cpu.register(_CPU_USER)
         self.ctx = LlamaContext(
             self.model,
             ContextParams(
-                config.ctx_size or self.model.num_ctx_train,
+                config.ctx_size or default_ctx_size(config.parallel, model.num_ctx_train),
                 self.num_batch,
                 config.parallel,
                 config.threads,
@@ -76,7 +87,10 @@ class Engine:
     # -- the engine thread ----------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while self._inbox.drain(self._apply, block=not self.scheduler.has_work()):
+        while self._inbox.drain(
+            self._apply, block=self.cpu.idle_if(_CPU_USER, not self.scheduler.has_work())
+        ):
+            self.ctx.set_threads(self.cpu.threads(_CPU_USER))
             plan = Plan()
             try:
                 plan = self.scheduler.schedule()

@@ -74,6 +74,10 @@ class LlamaContext:
             llama_cpp.llama_free(self.ptr)
             self.ptr = None
 
+    def set_threads(self, num_threads: int) -> None:
+        """Threads for the next decodes, prompt and generation alike (a cheap field update)."""
+        llama_cpp.llama_set_n_threads(self.ptr, num_threads, num_threads)
+
     def decode(self, batch: Batch) -> None:
         if batch.num_tokens == 0:
             return

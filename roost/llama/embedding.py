@@ -71,6 +71,10 @@ class EmbeddingContext:
             llama_cpp.llama_free(self.ptr)
             self.ptr = None
 
+    def set_threads(self, num_threads: int) -> None:
+        """Threads for the next decodes (a cheap field update)."""
+        llama_cpp.llama_set_n_threads(self.ptr, num_threads, num_threads)
+
     def embed(self, inputs: list[list[int]]) -> np.ndarray:
         """Pooled (not normalised) float32 vectors, one row per input, from ONE decode."""
         self._check(inputs)

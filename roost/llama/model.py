@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("GGML_NO_BACKTRACE", "1")  # an abort must not start gdb
-
 import llama_cpp
+
+from roost.config import embedded_model_path
+from roost.host import available_cpus
+from roost.llama.system import (
+    amx_works,
+    has_amx,
+    resolve_gpu_layers,
+    resolve_repack,
+    system_info,
+)
 
 log = logging.getLogger("roost.llama")
 
@@ -48,20 +56,56 @@ class ModelLoadError(RuntimeError):
     """The GGUF file could not be loaded."""
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How weights are placed: None means llama.cpp's choice for this machine (see system.py)."""
+
+    repack: bool | None = None  # extra buffer types (AMX, CPU repacking); None: auto
+    num_gpu_layers: int | None = None  # layers offloaded; -1 all; None: all if a GPU is there
+
+
+def model_params(options: LoadOptions, info: str) -> llama_cpp.llama_model_params:
+    """llama.cpp's load parameters for `options` on a machine whose system info is `info`."""
+    params = llama_cpp.llama_model_default_params()
+    params.n_gpu_layers = resolve_gpu_layers(options.num_gpu_layers)
+    params.use_extra_bufts = resolve_repack(options.repack, info, lambda: _amx_works(info))
+    if options.repack is None and has_amx(info):
+        log.info(
+            "repack auto: %s, as llama.cpp's AMX path %s on this machine (llama.cpp #20824); "
+            "--repack or --no-repack decides instead",
+            "on" if params.use_extra_bufts else "off",
+            "works" if params.use_extra_bufts else "fails",
+        )
+    return params
+
+
+def _amx_works(info: str) -> bool:
+    # the embedded model's Q4_1 weights have AMX kernels; without it, assume the worst
+    try:
+        probe_model = embedded_model_path()
+    except FileNotFoundError:
+        return False
+    return amx_works(probe_model, available_cpus(), info)
+
+
 class LlamaModel:
     """Owns one `llama_model*`; tokenizes and detokenizes with its vocabulary."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, options: LoadOptions | None = None) -> None:
         init_backend()
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
-        params = llama_cpp.llama_model_default_params()
-        params.n_gpu_layers = 0
+        params = model_params(options or LoadOptions(), system_info())
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not model:
             raise ModelLoadError(f"llama.cpp could not load {path}")
         self.ptr = model
         self.path = path
+        self.is_repacked: bool = params.use_extra_bufts
+        self.num_gpu_layers: int = params.n_gpu_layers
+        self.is_offloaded = bool(params.n_gpu_layers) and llama_cpp.llama_supports_gpu_offload()
+        self.num_layers: int = llama_cpp.llama_model_n_layer(model)
+        self.num_bytes: int = llama_cpp.llama_model_size(model)  # weights
         self.vocab = llama_cpp.llama_model_get_vocab(model)
         self.num_vocab: int = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.num_ctx_train: int = llama_cpp.llama_model_n_ctx_train(model)
@@ -79,6 +123,22 @@ class LlamaModel:
             self.ptr = None
 
     # -- metadata -------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        """A GGUF metadata value as text, or None when the file does not have the key."""
+        buf = ctypes.create_string_buffer(256)
+        size = llama_cpp.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        return None if size < 0 else buf.value.decode("utf-8", errors="replace")
+
+    def kv_bytes_per_token(self) -> int:
+        """KV cache bytes one token takes in every layer (f16 keys and values)."""
+        num_head = llama_cpp.llama_model_n_head(self.ptr) or 1
+        head_dim = llama_cpp.llama_model_n_embd(self.ptr) // num_head
+        arch = self.meta("general.architecture")
+        key_dim = int(self.meta(f"{arch}.attention.key_length") or head_dim)
+        value_dim = int(self.meta(f"{arch}.attention.value_length") or head_dim)
+        num_head_kv = llama_cpp.llama_model_n_head_kv(self.ptr)
+        return self.num_layers * num_head_kv * (key_dim + value_dim) * 2
 
     def chat_template(self) -> str | None:
         raw = llama_cpp.llama_model_chat_template(self.ptr, None)
