@@ -44,6 +44,8 @@ TOPICS = (
     "a mountain village in winter",
     "a ship's cat",
 )
+# an AMX CPU (as roost's repack auto sees it, read here without loading llama.cpp)
+HAS_AMX = os.path.exists("/proc/cpuinfo") and " amx_int8" in Path("/proc/cpuinfo").read_text()
 READY_PATHS = {"roost": "/health", "peer": "/v1/models", "cpp": "/health"}
 
 
@@ -103,6 +105,7 @@ def cpp_command(args: argparse.Namespace, port: int) -> list[str]:
         str(args.llama_server), "-m", str(args.model), "--host", "127.0.0.1",
         "--port", str(port), "-t", str(args.threads), "-tb", str(args.threads),
         "--parallel", str(args.parallel), "-c", str(ctx_size(args)),
+        *(["--no-repack"] if HAS_AMX else []),  # what roost's repack auto does
     ]  # fmt: skip
 
 
@@ -388,7 +391,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="write raw results here")
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    default_servers = "roost,peer" + (",cpp" if args.llama_server else "")
+    # llama_cpp.server cannot turn repacking off, and crashes on AMX CPUs (llama.cpp #20824)
+    default_servers = "roost" + ("" if HAS_AMX else ",peer") + (",cpp" if args.llama_server else "")
     args.servers = (args.servers or default_servers).split(",")
     unknown = set(args.servers) - COMMANDS.keys()
     if unknown:

@@ -12,6 +12,8 @@ import time
 
 import llama_cpp.llama_cpp as ll
 
+from roost.llama.system import resolve_repack, system_info
+
 PROMPT = "<|im_start|>user\nWrite a long story about a lighthouse keeper.<|im_end|>\n"
 
 
@@ -19,10 +21,23 @@ def eog_token_ids(vocab: ll.llama_vocab_p) -> list[int]:
     return [t for t in range(ll.llama_vocab_n_tokens(vocab)) if ll.llama_vocab_is_eog(vocab, t)]
 
 
-def measure(model_path: str, num_threads: int, num_tokens: int) -> dict[str, object]:
-    """Greedy-decode num_tokens one token per llama_decode; time only the generation loop."""
+def measure(
+    model_path: str,
+    num_threads: int,
+    num_tokens: int,
+    repack: bool | None = None,
+    prompt_by_token: bool = False,
+) -> dict[str, object]:
+    """Greedy-decode num_tokens one token per llama_decode; time only the generation loop.
+
+    `repack` None decides as roost's auto does (off on AMX, where llama.cpp's AMX path crashes
+    on multi-token decodes on some machines); `prompt_by_token` decodes the prompt one token at
+    a time, so that a build whose batched decodes crash can still be timed generating.
+    """
     ll.llama_backend_init()
-    model = ll.llama_model_load_from_file(model_path.encode(), ll.llama_model_default_params())
+    model_params = ll.llama_model_default_params()
+    model_params.use_extra_bufts = resolve_repack(repack, system_info())
+    model = ll.llama_model_load_from_file(model_path.encode(), model_params)
     params = ll.llama_context_default_params()
     params.n_ctx, params.n_batch = 512 + num_tokens, 512
     params.n_threads = params.n_threads_batch = num_threads
@@ -34,8 +49,13 @@ def measure(model_path: str, num_threads: int, num_tokens: int) -> dict[str, obj
         prompt = (ll.llama_token * 256)()
         num_prompt = ll.llama_tokenize(vocab, text, len(text), prompt, 256, True, True)
         start = time.perf_counter()
-        if ll.llama_decode(ctx, ll.llama_batch_get_one(prompt, num_prompt)) != 0:
-            raise RuntimeError("prompt decode failed")
+        if prompt_by_token:
+            pieces = [((ll.llama_token * 1)(t), 1) for t in prompt[:num_prompt]]
+        else:
+            pieces = [(prompt, num_prompt)]
+        for tokens, count in pieces:
+            if ll.llama_decode(ctx, ll.llama_batch_get_one(tokens, count)) != 0:
+                raise RuntimeError("prompt decode failed")
         prompt_s = time.perf_counter() - start
         token = (ll.llama_token * 1)()
         start = time.perf_counter()
@@ -51,6 +71,7 @@ def measure(model_path: str, num_threads: int, num_tokens: int) -> dict[str, obj
             "gen_tokens": num_tokens,
             "gen_tok_per_s": num_tokens / gen_s,
             "eog_ids": eog_token_ids(vocab),
+            "repack": bool(model_params.use_extra_bufts),
         }
     finally:
         ll.llama_sampler_free(sampler)
@@ -63,8 +84,12 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--repack", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument("--prompt-by-token", action="store_true")
     args = parser.parse_args()
-    print(json.dumps(measure(args.model, args.threads, args.tokens)))
+    repack = {"auto": None, "on": True, "off": False}[args.repack]
+    result = measure(args.model, args.threads, args.tokens, repack, args.prompt_by_token)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
