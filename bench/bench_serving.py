@@ -44,8 +44,23 @@ TOPICS = (
     "a mountain village in winter",
     "a ship's cat",
 )
-# an AMX CPU (as roost's repack auto sees it, read here without loading llama.cpp)
-HAS_AMX = os.path.exists("/proc/cpuinfo") and " amx_int8" in Path("/proc/cpuinfo").read_text()
+
+
+def roost_repacks() -> bool:
+    """What roost's `repack: auto` decides here (in a child: this process never loads llama.cpp).
+
+    Where it is off, llama.cpp's AMX path crashes batched decodes: llama-server then gets
+    --no-repack, and llama_cpp.server, which cannot turn repacking off, is left out.
+    """
+    code = (
+        "from roost.llama.model import LoadOptions, model_params; "
+        "from roost.llama.system import system_info; "
+        "print(model_params(LoadOptions(), system_info()).use_extra_bufts)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return done.stdout.strip().splitlines()[-1] == "True"
+
+
 READY_PATHS = {"roost": "/health", "peer": "/v1/models", "cpp": "/health"}
 
 
@@ -105,7 +120,7 @@ def cpp_command(args: argparse.Namespace, port: int) -> list[str]:
         str(args.llama_server), "-m", str(args.model), "--host", "127.0.0.1",
         "--port", str(port), "-t", str(args.threads), "-tb", str(args.threads),
         "--parallel", str(args.parallel), "-c", str(ctx_size(args)),
-        *(["--no-repack"] if HAS_AMX else []),  # what roost's repack auto does
+        *([] if args.repack else ["--no-repack"]),  # as roost's repack auto decided
     ]  # fmt: skip
 
 
@@ -391,8 +406,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="write raw results here")
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    # llama_cpp.server cannot turn repacking off, and crashes on AMX CPUs (llama.cpp #20824)
-    default_servers = "roost" + ("" if HAS_AMX else ",peer") + (",cpp" if args.llama_server else "")
+    args.repack = roost_repacks()
+    default_servers = (
+        "roost" + (",peer" if args.repack else "") + (",cpp" if args.llama_server else "")
+    )
     args.servers = (args.servers or default_servers).split(",")
     unknown = set(args.servers) - COMMANDS.keys()
     if unknown:
