@@ -61,13 +61,13 @@ def check_memory(config: EngineConfig, plan: MemoryPlan, available: int | None) 
     """Refuse a model whose host memory would not fit, naming the settings to lower."""
     if available is None or plan.total <= available:
         return
-    lower = []
-    if plan.kv_cache:
-        lower.append(f"ctx_size (now {config.ctx_size or 'the default'}) or parallel")
-    if plan.embeddings:
-        lower.append("embedding_ctx_size, or turn embeddings off (--no-embeddings)")
-    if plan.compute:
-        lower.append("batch_size")
+    settings = (
+        (plan.kv_cache, f"ctx_size (now {config.ctx_size or 'the default'}) or parallel"),
+        (plan.embeddings, "embedding_ctx_size, or turn embeddings off (--no-embeddings)"),
+        (plan.compute, "batch_size"),
+    )
+    # the largest part first: that setting helps most
+    lower = [name for size, name in sorted(settings, key=lambda s: -s[0]) if size]
     raise OutOfMemory(
         f"model {config.name!r} needs about {plan.total / GIB:.2f} GiB of memory "
         f"(weights {plan.weights / GIB:.2f}, KV cache {plan.kv_cache / GIB:.2f}, "
