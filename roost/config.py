@@ -73,7 +73,7 @@ class EngineConfig(BaseModel):
     generate: bool = True  # chat and completions
     embeddings: bool = True  # /v1/embeddings, from a context of its own
     embedding_ctx_size: int = 2048  # longest embedding input, before the training-context cap
-    repack: bool | None = None  # None: auto (off on AMX CPUs)
+    repack: bool | None = None  # None: auto (off where llama.cpp's AMX path fails)
     n_gpu_layers: int | None = None  # None: all layers when llama.cpp can offload, else 0
 
     @model_validator(mode="after")
@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     repack: Repack = Field(
         default="auto",
         description="let llama.cpp repack weights into its CPU-specific layouts (AMX, AVX2, ARM); "
-        "auto: off on AMX CPUs, where llama.cpp's AMX path crashes on some machines",
+        "auto: on, unless llama.cpp's AMX path fails a probe on this machine (it crashes on some)",
     )
     n_gpu_layers: int | None = Field(
         default=None,

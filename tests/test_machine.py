@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import MODEL, ROOT, Server, free_port, start_server
 
-from roost.config import default_ctx_size, embedded_model_path
+from roost.config import default_ctx_size, embedded_model_path, load_settings
 from roost.engine.cpu import CpuShare
 from roost.host import cgroup_cpu_limit
 from roost.llama.model import LoadOptions, model_params
@@ -47,6 +47,24 @@ def test_repack_auto_asks_the_probe_only_on_amx() -> None:
     assert resolve_repack(True, AMX_INFO, never) is True
     assert resolve_repack(False, PLAIN_INFO, never) is False
     assert cpu_features(ARM_INFO) == ["NEON", "ARM_FMA", "FP16_VA", "DOTPROD", "REPACK"]
+
+
+def test_repack_and_gpu_layers_from_yaml_env_and_model_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "roost.yaml"
+    config.write_text(
+        "repack: auto\nn_gpu_layers: 0\nmodels:\n"
+        "  - {name: a}\n  - {name: b, repack: false, n_gpu_layers: -1}\n"
+    )
+    a, b = load_settings(config).resolved_models()
+    assert (a.repack, a.n_gpu_layers) == (None, 0)
+    assert (b.repack, b.n_gpu_layers) == (False, -1)
+    monkeypatch.setenv("ROOST_REPACK", "true")
+    assert load_settings(config).resolved_models()[0].repack is True
+    with pytest.raises(ValueError, match="n_gpu_layers"):
+        config.write_text("models:\n  - {name: a, n_gpu_layers: -3}\n")
+        load_settings(config)
 
 
 def test_load_options_reach_llama_cpp_params() -> None:

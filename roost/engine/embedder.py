@@ -14,6 +14,7 @@ import numpy as np
 from roost.config import EngineConfig
 from roost.engine.cpu import CpuShare
 from roost.engine.inbox import STOP, Inbox
+from roost.engine.resources import embedding_ctx_size
 from roost.llama.embedding import EmbeddingContext, EmbeddingParams
 from roost.llama.model import LlamaModel
 
@@ -83,7 +84,7 @@ class Embedder:
     ) -> None:
         self.cpu = cpu or CpuShare(config.threads)
         self.cpu.register(_CPU_USER)
-        num_ctx = min(config.embedding_ctx_size, model.num_ctx_train)
+        num_ctx = embedding_ctx_size(config, model)
         self.ctx = EmbeddingContext(
             model, EmbeddingParams(num_ctx, MAX_SEQS_PER_DECODE, config.threads)
         )

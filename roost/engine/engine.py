@@ -7,10 +7,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from roost.config import EngineConfig, default_ctx_size
+from roost.config import EngineConfig
 from roost.engine.cpu import CpuShare
 from roost.engine.inbox import STOP, Inbox
 from roost.engine.prefix_cache import SlotTable
+from roost.engine.resources import kv_cells
 from roost.engine.runner import Runner
 from roost.engine.scheduler import Plan, Scheduler
 from roost.engine.sequence import Event, FinishReason, SeqStatus, Sequence
@@ -48,7 +49,7 @@ class Engine:
         self.ctx = LlamaContext(
             self.model,
             ContextParams(
-                config.ctx_size or default_ctx_size(config.parallel, model.num_ctx_train),
+                kv_cells(config, model),
                 self.num_batch,
                 config.parallel,
                 config.threads,

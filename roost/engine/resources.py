@@ -37,6 +37,7 @@ def kv_cells(config: EngineConfig, model: LlamaModel) -> int:
 
 
 def embedding_ctx_size(config: EngineConfig, model: LlamaModel) -> int:
+    """The embedding context's size: the longest input, at most the training context."""
     return min(config.embedding_ctx_size, model.num_ctx_train)
 
 
