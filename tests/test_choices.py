@@ -10,15 +10,26 @@ import httpx
 import openai
 import pytest
 
+from roost.llama.model import LlamaModel
 from tests.conftest import MODEL, Server
+from tests.forcing import FORCE_BIAS, single_token
 
 STORY = [{"role": "user", "content": "Write a one-line poem about the sea."}]
 
 
-def test_chat_n_gives_distinct_indexed_choices(client: openai.OpenAI) -> None:
+def test_chat_n_gives_distinct_indexed_choices(
+    client: openai.OpenAI, eog_bias: dict[str, int]
+) -> None:
     single = client.chat.completions.create(model=MODEL, messages=STORY, max_tokens=12)
+    # no choice ends early: each samples all 12 of its tokens
     reply = client.chat.completions.create(
-        model=MODEL, messages=STORY, max_tokens=12, n=3, temperature=1.0, seed=7
+        model=MODEL,
+        messages=STORY,
+        max_tokens=12,
+        n=3,
+        temperature=1.0,
+        seed=7,
+        logit_bias=eog_bias,
     )
     assert [c.index for c in reply.choices] == [0, 1, 2]
     texts = [c.message.content for c in reply.choices]
@@ -26,7 +37,7 @@ def test_chat_n_gives_distinct_indexed_choices(client: openai.OpenAI) -> None:
     assert reply.usage is not None and single.usage is not None
     # the prompt is counted once; every choice's tokens are counted
     assert reply.usage.prompt_tokens == single.usage.prompt_tokens
-    assert reply.usage.completion_tokens > 12
+    assert reply.usage.completion_tokens == 3 * 12
 
 
 def test_n_with_a_seed_is_reproducible(client: openai.OpenAI) -> None:
@@ -51,9 +62,11 @@ def test_greedy_choices_equal_a_single_request(client: openai.OpenAI) -> None:
     assert [c.message.content for c in reply.choices] == [expected] * 3
 
 
-def test_chat_n_streams_every_index(client: openai.OpenAI) -> None:
+def test_chat_n_streams_every_index(client: openai.OpenAI, local_model: LlamaModel) -> None:
+    # both choices write " waves" 8 times: neither may end before it has said something
+    waves = {str(single_token(local_model, " waves")): FORCE_BIAS}
     stream = client.chat.completions.create(
-        model=MODEL, messages=STORY, max_tokens=8, n=2, seed=3, stream=True
+        model=MODEL, messages=STORY, max_tokens=8, n=2, seed=3, stream=True, logit_bias=waves
     )
     texts: dict[int, str] = defaultdict(str)
     roles, finishes = set(), {}
@@ -65,7 +78,7 @@ def test_chat_n_streams_every_index(client: openai.OpenAI) -> None:
             if choice.finish_reason:
                 finishes[choice.index] = choice.finish_reason
     assert roles == {0, 1} and set(finishes) == {0, 1}
-    assert all(texts[i] for i in (0, 1))
+    assert texts == {0: " waves" * 8, 1: " waves" * 8}
 
 
 def test_completions_n_over_several_prompts(client: openai.OpenAI) -> None:
@@ -106,10 +119,12 @@ def test_best_of_errors(server: Server) -> None:
         assert resp.json()["error"]["param"] == "best_of"
 
 
-def test_echo_returns_the_prompt_first(client: openai.OpenAI) -> None:
-    out = client.completions.create(model=MODEL, prompt="Roses are red,", max_tokens=4, echo=True)
-    assert out.choices[0].text.startswith("Roses are red,")
-    assert len(out.choices[0].text) > len("Roses are red,")
+def test_echo_returns_the_prompt_first(client: openai.OpenAI, local_model: LlamaModel) -> None:
+    blue = {str(single_token(local_model, " blue")): FORCE_BIAS}
+    out = client.completions.create(
+        model=MODEL, prompt="Roses are red,", max_tokens=4, echo=True, logit_bias=blue
+    )
+    assert out.choices[0].text == "Roses are red," + " blue" * 4
 
 
 def test_echo_streams_the_prompt_in_the_first_chunk(server: Server) -> None:

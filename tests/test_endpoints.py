@@ -28,13 +28,16 @@ def test_models_list_and_get(client: openai.OpenAI) -> None:
 
 
 def test_chat_non_streaming(client: openai.OpenAI) -> None:
-    reply = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=12, seed=1)
+    # min_tokens: no end token before the 4th, so there is content whatever is sampled
+    reply = client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=12, seed=1, extra_body={"min_tokens": 4}
+    )
     assert reply.object == "chat.completion"
     choice = reply.choices[0]
     assert choice.message.role == "assistant" and choice.message.content
     assert choice.finish_reason in ("stop", "length")
     usage = reply.usage
-    assert usage is not None and 0 < usage.completion_tokens <= 12
+    assert usage is not None and 4 <= usage.completion_tokens <= 12
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
@@ -46,6 +49,7 @@ def test_chat_streaming_chunks(client: openai.OpenAI) -> None:
             max_tokens=16,
             stream=True,
             stream_options={"include_usage": True},
+            extra_body={"min_tokens": 4},  # some content, whatever is sampled
         )
     )
     assert chunks[0].choices[0].delta.role == "assistant"

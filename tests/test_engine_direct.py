@@ -55,6 +55,11 @@ def test_dropped_stream_frees_its_request() -> None:
     assert sum(token_counts) <= 5
 
 
+def _to_the_end(model: LlamaModel) -> SamplerSpec:
+    """Greedy with the end tokens banned: a request runs to its max_tokens on any machine."""
+    return SamplerSpec(temperature=0, logit_bias=dict.fromkeys(model.eog_ids, -100.0))
+
+
 class _FailingGrammar:
     """A grammar whose sampler cannot be built (llama.cpp's parse happens before a request
     reaches the engine): the engine must fail that one request and go on."""
@@ -71,7 +76,7 @@ async def _failure_scenario() -> tuple[list[str | None], int]:
         prompt = client.model.tokenize("Hello")
         broken = SamplingParams(max_tokens=5, sampler=BROKEN)
         failed = [event async for event in client.submit(prompt, broken)]
-        fine = SamplingParams(max_tokens=4, sampler=SamplerSpec(temperature=0))
+        fine = SamplingParams(max_tokens=4, sampler=_to_the_end(client.model))
         served = [event async for event in client.submit(prompt, fine)]
         return [e.error for e in failed], sum(len(e.token_ids) for e in served)
 
@@ -86,7 +91,7 @@ def test_a_failing_request_does_not_stop_the_engine() -> None:
 async def _group_scenario(parallel: int, n: int, kv_unified: bool = False) -> tuple[int, list[str]]:
     async with _engine(parallel=parallel, ctx_size=2048, kv_unified=kv_unified) as client:
         prompt = client.model.tokenize("Tell me everything about the ocean. " * 12)
-        params = SamplingParams(max_tokens=4, sampler=SamplerSpec(temperature=0))
+        params = SamplingParams(max_tokens=4, sampler=_to_the_end(client.model))
         before = client.engine.runner.num_decoded
 
         async def text(stream: object) -> str:
@@ -115,7 +120,7 @@ async def _failed_leader_scenario() -> tuple[str | None, list[int]]:
     async with _engine(parallel=2, ctx_size=1024) as client:
         prompt = client.model.tokenize("Hello there")
         broken = SamplingParams(max_tokens=3, sampler=BROKEN)
-        fine = SamplingParams(max_tokens=3, sampler=SamplerSpec(temperature=0))
+        fine = SamplingParams(max_tokens=3, sampler=_to_the_end(client.model))
         leader, *followers = client.submit_group(prompt, [broken, fine, fine])
         failed = [event async for event in leader]
         served = [[e async for e in follower] for follower in followers]

@@ -12,6 +12,7 @@ from roost.llama.batch import Batch
 from roost.llama.context import ContextParams, LlamaContext
 from roost.llama.model import LlamaModel
 from tests.conftest import MODEL, Server
+from tests.forcing import forced_text
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -69,12 +70,21 @@ def test_completion_logprobs_match_direct_computation(
         assert logprobs.token_logprobs[pos] == max(logprobs.top_logprobs[pos].values())  # type: ignore[union-attr]
 
 
-def test_completion_text_offsets_index_the_text(client: openai.OpenAI) -> None:
+def test_completion_text_offsets_index_the_text(
+    client: openai.OpenAI, local_model: LlamaModel
+) -> None:
+    # whole characters only (split ones are the next test's): the answer is forced
     out = client.completions.create(
-        model=MODEL, prompt="Count: one, two,", max_tokens=5, temperature=0, logprobs=1, echo=True
+        model=MODEL,
+        prompt="Count: one, two,",
+        max_tokens=5,
+        temperature=0,
+        logprobs=1,
+        echo=True,
+        extra_body=forced_text(local_model, " three, four"),
     )
     choice = out.choices[0]
-    assert choice.text.startswith("Count: one, two,")
+    assert choice.text == "Count: one, two, three, four"
     lp = choice.logprobs
     assert lp is not None and lp.tokens and lp.text_offset
     for token, offset in zip(lp.tokens, lp.text_offset, strict=True):
@@ -87,14 +97,24 @@ def test_completion_text_offsets_index_the_text(client: openai.OpenAI) -> None:
     [("é café naïve 日本語", True), ("Translate to Japanese: good morning ->", False)],
 )
 def test_text_offsets_count_a_split_character_once(
-    client: openai.OpenAI, prompt: str, echo: bool, stream: bool
+    client: openai.OpenAI, local_model: LlamaModel, prompt: str, echo: bool, stream: bool
 ) -> None:
     # "日" or "お" arrive as several byte tokens (shown as U+FFFD each): offsets counted from
-    # those pieces ran past the text and, with echo, went backwards into the prompt
+    # those pieces ran past the text and, with echo, went backwards into the prompt. The output
+    # is forced to "おはよう", four characters each split over two tokens, whatever the CPU.
+    answer = "おはよう"
+    forced = forced_text(local_model, answer)
     args = {"model": MODEL, "prompt": prompt, "max_tokens": 12, "temperature": 0}
-    out = client.completions.create(**args, logprobs=1, echo=echo, stream=stream)  # type: ignore[call-overload]
+    out = client.completions.create(
+        **args,  # type: ignore[arg-type]
+        logprobs=1,
+        echo=echo,
+        stream=stream,
+        extra_body=forced,
+    )
     choices = [chunk.choices[0] for chunk in out] if stream else [out.choices[0]]
     text = "".join(c.text for c in choices)
+    assert text == (prompt if echo else "") + answer
     tokens = [t for c in choices if c.logprobs for t in c.logprobs.tokens or []]
     offsets = [o for c in choices if c.logprobs for o in c.logprobs.text_offset or []]
     assert any("\ufffd" in t for t in tokens)  # the case under test: a split character
@@ -177,11 +197,17 @@ def test_logprob_fields_out_of_range_are_400(
     assert resp.json()["error"]["param"] == param
 
 
+ANSWER = "Hello! How can I help you today?"
+
+
 @pytest.mark.parametrize("stop", ["How", " How can"])
 @pytest.mark.parametrize("stream", [False, True])
-def test_stop_text_has_no_logprobs_either(client: openai.OpenAI, stop: str, stream: bool) -> None:
-    # greedy: "Hello! How can I ...": " How" straddles the first stop, and " How" " can" (held
-    # back token by token) make up the second; neither may show up through logprobs
+def test_stop_text_has_no_logprobs_either(
+    client: openai.OpenAI, local_model: LlamaModel, stop: str, stream: bool
+) -> None:
+    # the answer is forced to "Hello" "!" " How" " can" ...: " How" straddles the first stop,
+    # and " How" " can" (held back token by token) make up the second; neither may show up
+    # through logprobs
     reply = client.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Hi"}],
@@ -190,6 +216,7 @@ def test_stop_text_has_no_logprobs_either(client: openai.OpenAI, stop: str, stre
         stop=stop,
         logprobs=True,
         stream=stream,
+        extra_body=forced_text(local_model, ANSWER),
     )
     if stream:
         choices = [chunk.choices[0] for chunk in reply if chunk.choices]  # type: ignore[union-attr]
@@ -200,7 +227,5 @@ def test_stop_text_has_no_logprobs_either(client: openai.OpenAI, stop: str, stre
         text = reply.choices[0].message.content or ""  # type: ignore[union-attr]
         entries = reply.choices[0].logprobs.content or []  # type: ignore[union-attr]
         finish = reply.choices[0].finish_reason  # type: ignore[union-attr]
-    tokens = "".join(entry.token for entry in entries)
-    assert finish == "stop" and text.startswith("Hello!") and stop.strip() not in text
-    assert text.startswith(tokens) and stop.strip() not in tokens
-    assert len(entries) >= 2  # the tokens before the stop keep theirs
+    assert finish == "stop" and text == ANSWER.split(stop)[0]  # "Hello! " or "Hello!"
+    assert [entry.token for entry in entries] == ["Hello", "!"]  # those before the stop keep theirs

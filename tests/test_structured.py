@@ -10,7 +10,9 @@ import jsonschema
 import openai
 import pytest
 
+from roost.llama.model import LlamaModel
 from tests.conftest import MODEL, Server
+from tests.forcing import banning
 
 PERSON = {
     "type": "object",
@@ -52,9 +54,14 @@ def _constrained(
 
 
 def _assert_schema_replies(
-    client: openai.OpenAI, json_schema: dict[str, Any], num_seeds: int, max_tokens: int
+    client: openai.OpenAI,
+    json_schema: dict[str, Any],
+    num_seeds: int,
+    max_tokens: int,
+    **extra: object,
 ) -> None:
-    """At temperature 1, every seed's reply stops by itself and validates."""
+    """At temperature 1, every seed's reply stops by itself and validates. `max_tokens` must
+    exceed the longest output the schema allows, in bytes (a token is at least one byte)."""
     response_format = {"type": "json_schema", "json_schema": json_schema}
     for seed in range(num_seeds):
         reply = client.chat.completions.create(
@@ -64,6 +71,7 @@ def _assert_schema_replies(
             temperature=1.0,
             seed=seed,
             max_tokens=max_tokens,
+            extra_body=extra,
         )
         assert reply.choices[0].finish_reason == "stop"
         content = json.loads(reply.choices[0].message.content or "")
@@ -71,32 +79,46 @@ def _assert_schema_replies(
 
 
 def test_json_schema_output_always_validates(client: openai.OpenAI) -> None:
-    _assert_schema_replies(client, {"name": "person", "schema": PERSON, "strict": True}, 8, 300)
+    # at most 40 + 3 * 12 characters of strings, 6 bytes each when escaped: under 600 bytes
+    _assert_schema_replies(client, {"name": "person", "schema": PERSON, "strict": True}, 8, 600)
 
 
-def test_json_object_output_is_a_json_object(client: openai.OpenAI) -> None:
-    stopped = 0
-    for seed in range(4):
-        reply = client.chat.completions.create(
+def test_json_object_output_is_a_json_object(
+    client: openai.OpenAI, local_model: LlamaModel
+) -> None:
+    def reply(seed: int, **extra: object) -> tuple[str | None, str]:
+        out = client.chat.completions.create(
             model=MODEL,
             messages=ASK,
             response_format={"type": "json_object"},
             temperature=0.7,
             seed=seed,
             max_tokens=400,
+            extra_body=extra,
         )
-        if reply.choices[0].finish_reason == "stop":  # a length cut leaves JSON unfinished
-            assert isinstance(json.loads(reply.choices[0].message.content or ""), dict)
-            stopped += 1
-    assert stopped >= 2
+        return out.choices[0].finish_reason, out.choices[0].message.content or ""
+
+    # any object is allowed, so the model may write on until max_tokens: without a quote
+    # (no member can begin) one request must close its object at once, and stop by itself
+    finish, content = reply(0, logit_bias=banning(local_model, b'"'))
+    assert finish == "stop" and json.loads(content) == {}
+    for seed in range(4):
+        finish, content = reply(seed)
+        if finish == "stop":  # a length cut leaves JSON unfinished
+            assert isinstance(json.loads(content), dict)
+        else:
+            assert content.startswith("{")
 
 
-def test_response_format_on_completions(client: openai.OpenAI) -> None:
+def test_response_format_on_completions(client: openai.OpenAI, local_model: LlamaModel) -> None:
     # the parity table asks for JSON mode on /v1/completions too, as vLLM serves it
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
     fmt = {"type": "json_schema", "json_schema": {"name": "flag", "schema": schema}}
+    bias = banning(local_model, b",")  # the object admits more members: it ends after "ok"
     for seed in range(3):
-        out = _constrained(client, "Answer in JSON:", 60, seed, response_format=fmt)
+        out = _constrained(
+            client, "Answer in JSON:", 60, seed, response_format=fmt, logit_bias=bias
+        )
         assert out.choices[0].finish_reason == "stop"
         jsonschema.validate(json.loads(out.choices[0].text), schema)
 
@@ -111,7 +133,9 @@ def test_guided_choice_and_regex_on_completions(client: openai.OpenAI) -> None:
         assert re.fullmatch(r"[A-Z]{3}-[0-9]{2,4}", code.choices[0].text)
 
 
-def test_one_parsed_grammar_serves_every_choice(client: openai.OpenAI) -> None:
+def test_one_parsed_grammar_serves_every_choice(
+    client: openai.OpenAI, local_model: LlamaModel
+) -> None:
     # the n choices sample from copies of one parsed grammar, each with its own parse state
     choices = ["north", "north east", "north west", "south", "south east"]
     out = client.completions.create(
@@ -127,6 +151,7 @@ def test_one_parsed_grammar_serves_every_choice(client: openai.OpenAI) -> None:
     assert all(c.text in choices for c in out.choices), [c.text for c in out.choices]
     schema = {"type": "object", "properties": PERSON["properties"], "required": ["name"]}
     fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}}
+    # the object admits more members: each ends after "name" (at most 40 characters)
     replies = client.chat.completions.create(
         model=MODEL,
         messages=ASK,
@@ -134,7 +159,8 @@ def test_one_parsed_grammar_serves_every_choice(client: openai.OpenAI) -> None:
         n=3,
         seed=5,
         temperature=1.0,
-        max_tokens=120,
+        max_tokens=300,
+        logit_bias=banning(local_model, b","),
     )
     for choice in replies.choices:
         assert choice.finish_reason == "stop"
@@ -152,14 +178,17 @@ def test_one_parsed_grammar_serves_every_choice(client: openai.OpenAI) -> None:
     ],
 )
 def test_guided_regex_escapes_and_classes(client: openai.OpenAI, pattern: str) -> None:
-    # escapes (\d \w \s \. \( ...) are translated by roost, not by the JSON-schema converter
+    # escapes (\d \w \s \. \( ...) are translated by roost, not by the JSON-schema converter;
+    # 80 tokens hold the longest match of each (18 four-byte characters and separators)
     for seed in range(3):
-        out = _constrained(client, "Example:", 40, seed, guided_regex=pattern)
+        out = _constrained(client, "Example:", 80, seed, guided_regex=pattern)
         assert out.choices[0].finish_reason == "stop"
         assert re.fullmatch(pattern, out.choices[0].text), out.choices[0].text
 
 
-def test_schema_patterns_with_escapes_validate(client: openai.OpenAI) -> None:
+def test_schema_patterns_with_escapes_validate(
+    client: openai.OpenAI, local_model: LlamaModel
+) -> None:
     schema = {
         "type": "object",
         "properties": {
@@ -169,16 +198,21 @@ def test_schema_patterns_with_escapes_validate(client: openai.OpenAI) -> None:
         },
         "required": ["phone", "site", "quote"],
     }
-    _assert_schema_replies(client, {"name": "contact", "schema": schema}, 4, 120)
+    # the object admits more members: it ends after the three it requires
+    bias = banning(local_model, b",")
+    _assert_schema_replies(client, {"name": "contact", "schema": schema}, 4, 160, logit_bias=bias)
 
 
-def test_guided_json_on_chat_streams_valid_json(client: openai.OpenAI) -> None:
+def test_guided_json_on_chat_streams_valid_json(
+    client: openai.OpenAI, local_model: LlamaModel
+) -> None:
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
     chunks = client.chat.completions.create(
         model=MODEL,
         messages=ASK,
         stream=True,
         max_tokens=50,
+        logit_bias=banning(local_model, b","),
         extra_body={"guided_json": schema},
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -277,10 +311,11 @@ def test_unsupported_or_invalid_constraints_are_400(
     ],
 )
 def test_schemas_with_escapes_bounds_and_wrappers_validate(
-    client: openai.OpenAI, schema: dict[str, Any]
+    client: openai.OpenAI, local_model: LlamaModel, schema: dict[str, Any]
 ) -> None:
+    bias = banning(local_model, b",")  # open objects end once they hold what they require
     for seed in range(2):
-        out = _constrained(client, "JSON:", 40, seed, guided_json=schema)
+        out = _constrained(client, "JSON:", 40, seed, guided_json=schema, logit_bias=bias)
         assert out.choices[0].finish_reason == "stop", out.choices[0].text
         jsonschema.validate(json.loads(out.choices[0].text), schema)
 

@@ -15,6 +15,8 @@ from roost.chat.tools import PARSERS, ToolCall, ToolCallStream
 from roost.engine.logprobs import TokenLogprob
 from tests.conftest import MODEL, Server, start_config_server
 
+# a forced call always parses; the strings' maxLength makes it end within max_tokens too,
+# whatever the model writes in them
 WEATHER = {
     "type": "function",
     "function": {
@@ -23,7 +25,7 @@ WEATHER = {
         "parameters": {
             "type": "object",
             "properties": {
-                "city": {"type": "string"},
+                "city": {"type": "string", "maxLength": 20},
                 "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
                 "days": {"type": "integer", "minimum": 1, "maximum": 7},
             },
@@ -37,7 +39,10 @@ TIME = {
     "function": {
         "name": "get_time",
         "description": "Current time in a time zone",
-        "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}},
+        "parameters": {
+            "type": "object",
+            "properties": {"tz": {"type": "string", "maxLength": 20}},
+        },
     },
 }
 ASK = [{"role": "user", "content": "What's the weather like in Paris today?"}]
@@ -234,6 +239,7 @@ def tool_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "  - roost.tools.examples:current_time\n"
         "  - tests.fake_tools:explode\n"
         "  - tests.fake_tools:sleepy\n"
+        "  - tests.fake_tools:times_table\n"
     )
     yield from start_config_server(
         tmp_path_factory, config, "--parallel", "2", "--ctx-size", "4096"
@@ -242,19 +248,28 @@ def tool_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def test_server_tools_listed_in_health(tool_server: Server) -> None:
     body = httpx.get(f"{tool_server.base_url}/health").json()
-    assert body["tools_loaded"] == ["calculator", "current_time", "explode", "sleepy"]
+    assert body["tools_loaded"] == [
+        "calculator",
+        "current_time",
+        "explode",
+        "sleepy",
+        "times_table",
+    ]
 
 
 def _forced(name: str) -> dict:
     return {"type": "function", "function": {"name": name}}
 
 
-def _ask_calculator(server: Server, max_tokens: int, **extra: object) -> dict:
-    """A greedy chat request forced to call `calculator`."""
+MULTIPLY = [{"role": "user", "content": "What is 12*7?"}]
+
+
+def _ask(server: Server, tool: str, max_tokens: int, **extra: object) -> dict:
+    """A greedy chat request forced to call `tool`."""
     body = {
         "model": MODEL,
-        "messages": [{"role": "user", "content": "What is 12*7?"}],
-        "tool_choice": _forced("calculator"),
+        "messages": MULTIPLY,
+        "tool_choice": _forced(tool),
         "max_tokens": max_tokens,
         "temperature": 0,
         **extra,
@@ -264,12 +279,13 @@ def _ask_calculator(server: Server, max_tokens: int, **extra: object) -> dict:
 
 
 def test_server_tool_runs_and_model_answers(tool_server: Server) -> None:
-    body = _ask_calculator(tool_server, 150)
+    # times_table's schema admits one call only: forced, the model always makes it (the
+    # example calculator's free-form expression could run past max_tokens)
+    body = _ask(tool_server, "times_table", 150)
     executed = body["server_tool_calls"]
-    assert executed and executed[0]["name"] == "calculator"
-    arguments = json.loads(executed[0]["arguments"])
-    assert isinstance(arguments["expression"], str)
-    assert executed[0]["result"]  # a number, or the calculator's own error text
+    assert executed and executed[0]["name"] == "times_table"
+    assert json.loads(executed[0]["arguments"]) == {"expression": "12*7"}
+    assert executed[0]["result"] == "84"
     choice = body["choices"][0]
     assert choice["finish_reason"] in ("stop", "length")
     assert choice["message"].get("tool_calls") is None
@@ -288,7 +304,7 @@ def test_a_client_tool_of_a_server_tools_name_is_the_clients(tool_server: Server
             },
         },
     }
-    body = _ask_calculator(tool_server, 40, tools=[mine])
+    body = _ask(tool_server, "calculator", 40, tools=[mine])
     assert body.get("server_tool_calls") is None  # the server ran its own calculator before
     choice = body["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
@@ -296,19 +312,25 @@ def test_a_client_tool_of_a_server_tools_name_is_the_clients(tool_server: Server
 
 
 def test_server_tool_streaming_shows_only_the_answer(tool_server: Server) -> None:
+    # a call cut by max_tokens runs nothing: this is the first round's prompt alone
+    one_round = _ask(tool_server, "times_table", 1)["usage"]["prompt_tokens"]
     client = tool_server.client()
     chunks = list(
         client.chat.completions.create(
             model=MODEL,
-            messages=[{"role": "user", "content": "What time is it?"}],
-            tool_choice=_forced("current_time"),
+            messages=MULTIPLY,  # type: ignore[arg-type]
+            tool_choice=_forced("times_table"),
             max_tokens=150,
             temperature=0,
             stream=True,
+            stream_options={"include_usage": True},
         )
     )
     assert all(not c.choices[0].delta.tool_calls for c in chunks if c.choices)
-    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finals[-1] in ("stop", "length")
+    # the tool ran: a second round read the first round's prompt again, with call and result
+    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens > 2 * one_round
 
 
 @pytest.mark.parametrize(
@@ -329,7 +351,9 @@ def test_failing_server_tool_reports_to_the_model(
             },
         )
     assert resp.status_code == 200
-    assert expected in resp.json()["server_tool_calls"][0]["result"]
+    executed = resp.json()["server_tool_calls"][0]
+    assert executed["name"] == tool and json.loads(executed["arguments"]) == {}
+    assert expected in executed["result"]
 
 
 NATIVE_TEMPLATE = """{%- if tools %}<|im_start|>system

@@ -8,6 +8,7 @@ import pytest
 
 from roost.llama.model import LlamaModel
 from tests.conftest import MODEL, Server
+from tests.forcing import FORCE_BIAS, end_bias, forced_text, single_token
 
 HI = [{"role": "user", "content": "Say hi."}]
 
@@ -22,48 +23,63 @@ def _chat(client: openai.OpenAI, **extra: object) -> openai.types.chat.ChatCompl
     )
 
 
-def test_ignore_eos_and_min_tokens_keep_generating(client: openai.OpenAI) -> None:
-    short = _chat(client)
-    assert short.choices[0].finish_reason == "stop"  # the greedy answer ends by itself
+def test_ignore_eos_and_min_tokens_keep_generating(
+    client: openai.OpenAI, local_model: LlamaModel
+) -> None:
+    ends = end_bias(local_model)  # the end tokens come first whenever they are allowed
+    short = _chat(client, logit_bias=ends)
+    assert short.choices[0].finish_reason == "stop"
     ended = short.usage.completion_tokens  # type: ignore[union-attr]
     for extra in ({"ignore_eos": True}, {"min_tokens": 40}):
-        longer = _chat(client, **extra)
+        longer = _chat(client, logit_bias=ends, **extra)
         assert longer.choices[0].finish_reason == "length", extra
         assert longer.usage.completion_tokens == 40 > ended  # type: ignore[union-attr]
-    bounded = _chat(client, min_tokens=ended + 3)
+    bounded = _chat(client, logit_bias=ends, min_tokens=ended + 3)
+    assert bounded.choices[0].finish_reason == "stop"
     assert bounded.usage.completion_tokens >= ended + 3  # type: ignore[union-attr]
 
 
+COUNT = "1, 2, 3, 4,"
+NEXT = " 5, 6, 7, 8"  # forced as " " "5" "," " " "6" ...
+
+
 def test_stop_token_ids_end_generation(client: openai.OpenAI, local_model: LlamaModel) -> None:
-    full = client.completions.create(
-        model=MODEL, prompt="1, 2, 3, 4,", max_tokens=12, temperature=0
-    )
-    tokens = local_model.tokenize(full.choices[0].text, add_special=False)
-    stop_id = tokens[3]
+    forced = forced_text(local_model, NEXT)
+    args = {"model": MODEL, "prompt": COUNT, "max_tokens": 12, "temperature": 0}
+    full = client.completions.create(**args, extra_body=forced)  # type: ignore[call-overload]
+    assert full.choices[0].text == NEXT
+    stop_id = local_model.tokenize(NEXT, add_special=False)[4]  # "6", the fifth token
     cut = client.completions.create(
-        model=MODEL,
-        prompt="1, 2, 3, 4,",
-        max_tokens=12,
-        temperature=0,
-        extra_body={"stop_token_ids": [stop_id]},
+        **args,  # type: ignore[call-overload]
+        extra_body={**forced, "stop_token_ids": [stop_id]},
     )
     assert cut.choices[0].finish_reason == "stop"
-    assert cut.usage.completion_tokens <= 4  # type: ignore[union-attr]
-    assert full.choices[0].text.startswith(cut.choices[0].text)
+    assert cut.usage.completion_tokens <= 5  # type: ignore[union-attr]
+    assert cut.choices[0].text == " 5, "  # the stop token's own text is not shown
 
 
-def test_include_stop_str_in_output(client: openai.OpenAI) -> None:
-    args = {"model": MODEL, "prompt": "1, 2, 3, 4,", "max_tokens": 20, "temperature": 0}
-    without = client.completions.create(**args, stop=[" 6"])
+def test_include_stop_str_in_output(client: openai.OpenAI, local_model: LlamaModel) -> None:
+    forced = forced_text(local_model, NEXT)
+    args = {"model": MODEL, "prompt": COUNT, "max_tokens": 20, "temperature": 0}
+    without = client.completions.create(**args, stop=[" 6"], extra_body=forced)  # type: ignore[call-overload]
     kept = client.completions.create(
-        **args, stop=[" 6"], extra_body={"include_stop_str_in_output": True}
+        **args,  # type: ignore[call-overload]
+        stop=[" 6"],
+        extra_body={**forced, "include_stop_str_in_output": True},
     )
+    assert without.choices[0].text == " 5,"
     assert kept.choices[0].text == without.choices[0].text + " 6"
 
 
-def test_skip_special_tokens_false_shows_end_token(client: openai.OpenAI) -> None:
-    shown = _chat(client, ignore_eos=True, skip_special_tokens=False, max_tokens=60)
-    hidden = _chat(client, ignore_eos=True, max_tokens=60)
+def test_skip_special_tokens_false_shows_end_token(
+    client: openai.OpenAI, local_model: LlamaModel
+) -> None:
+    # every token is <|im_end|>, which ignore_eos lets through
+    im_end = {str(single_token(local_model, "<|im_end|>")): FORCE_BIAS}
+    shown = _chat(
+        client, ignore_eos=True, skip_special_tokens=False, max_tokens=6, logit_bias=im_end
+    )
+    hidden = _chat(client, ignore_eos=True, max_tokens=6, logit_bias=im_end)
     assert "<|im_end|>" in (shown.choices[0].message.content or "")
     assert "<|im_end|>" not in (hidden.choices[0].message.content or "")
 
@@ -110,4 +126,5 @@ def test_a_complete_format_ends_the_output_before_min_tokens(
     assert constrained.choices[0].finish_reason == "stop"
     assert constrained.usage.completion_tokens < 8  # type: ignore[union-attr]
     assert (constrained.choices[0].message.content or "").strip() in ("yes", "true", "false")
-    assert _chat(client, max_tokens=3).choices[0].finish_reason == "length"  # still serving
+    still_serving = _chat(client, max_tokens=3, ignore_eos=True)
+    assert still_serving.choices[0].finish_reason == "length"
