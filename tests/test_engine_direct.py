@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -194,3 +195,61 @@ def test_a_prefix_cached_on_a_higher_id_is_copied_to_the_lowest_free() -> None:
     fresh, fresh_cached, _ = asyncio.run(_copied_prefix_scenario(prime=False))
     assert fresh_cached == 0
     assert tokens == fresh  # greedy output from the copied KV equals a full computation
+
+
+async def _schedule_fails_once_scenario() -> tuple[str | None, int, int]:
+    async with _engine(parallel=1, ctx_size=512) as client:
+        scheduler = client.engine.scheduler
+        real_schedule = scheduler.schedule
+        calls = []
+
+        def fail_once() -> Plan:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("scheduler bug")
+            return real_schedule()
+
+        scheduler.schedule = fail_once  # type: ignore[method-assign]
+        prompt = client.model.tokenize("Hello there")
+        params = SamplingParams(max_tokens=3, sampler=_to_the_end(client.model))
+        failed = [event async for event in client.submit(prompt, params)]
+        # the engine went back to waiting (not spinning on the error), and serves the next one
+        num_calls_after_failure = len(calls)
+        served = [event async for event in client.submit(prompt, params)]
+        return failed[-1].error, num_calls_after_failure, sum(len(e.token_ids) for e in served)
+
+
+def test_a_failing_scheduler_fails_its_requests_instead_of_spinning() -> None:
+    error, num_calls, num_tokens = asyncio.run(_schedule_fails_once_scenario())
+    assert error == "scheduler bug"
+    assert num_calls == 1  # before the fix the engine thread retried the same schedule forever
+    assert num_tokens == 3
+
+
+async def _stuck_close_scenario() -> tuple[bool, bool, bool]:
+    async with _engine(parallel=1, ctx_size=512) as client:
+        engine = client.engine
+        execute = engine.runner.execute
+        started = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def slow_execute(plan: Plan) -> list[Any]:
+            loop.call_soon_threadsafe(started.set)
+            time.sleep(1.5)  # a long decode, still running when close() gives up waiting
+            return execute(plan)
+
+        engine.runner.execute = slow_execute  # type: ignore[method-assign]
+        params = SamplingParams(max_tokens=1, sampler=_to_the_end(client.model))
+        stream = client.submit(client.model.tokenize("Hello"), params)
+        await started.wait()
+        stopped = await asyncio.to_thread(engine.close, 0.2)
+        context_kept = engine.ctx.ptr is not None
+        await asyncio.to_thread(engine._thread.join)  # the decode ends, then STOP is read
+        del stream
+        return stopped, context_kept, engine.close()
+
+
+def test_close_keeps_the_context_of_an_engine_still_decoding() -> None:
+    stopped, context_kept, stopped_later = asyncio.run(_stuck_close_scenario())
+    assert not stopped and context_kept  # freeing it would crash the running decode
+    assert stopped_later

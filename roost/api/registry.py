@@ -222,12 +222,10 @@ def _log_ready(served: ServedModel) -> None:
 
 
 def _close(served: ServedModel) -> None:
-    # both contexts use the model: free them first
-    if served.engine is not None:
-        served.engine.close()
-    if served.embedder is not None:
-        served.embedder.close()
-    served.model.close()
+    # both contexts use the model: free them first, and keep it while either is still running
+    stopped = [client.close() for client in (served.engine, served.embedder) if client]
+    if all(stopped):
+        served.model.close()
 
 
 def _template(model: LlamaModel, config: EngineConfig) -> ChatTemplate:

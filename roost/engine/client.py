@@ -75,8 +75,9 @@ class EngineClient:
         if not is_finished:
             self.engine.abort(request_id)
 
-    def close(self) -> None:
-        self.engine.close()
+    def close(self) -> bool:
+        """Stop the engine and free its context; False if it did not stop (nothing freed)."""
+        return self.engine.close()
 
 
 class RequestStream:

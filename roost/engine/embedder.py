@@ -82,6 +82,7 @@ class Embedder:
         sink: JobSink,
         cpu: CpuShare | None = None,
     ) -> None:
+        self.name = config.name
         self.cpu = cpu or CpuShare(config.threads)
         self.cpu.register(_CPU_USER)
         num_ctx = embedding_ctx_size(config, model)
@@ -104,10 +105,14 @@ class Embedder:
     def submit(self, job: EmbeddingJob) -> None:
         self._inbox.put(job)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30) -> bool:
         self._inbox.put(STOP)
-        self._thread.join(timeout=30)
+        self._thread.join(timeout)
+        if self._thread.is_alive():  # freeing the context under a running decode would crash
+            log.error("embedder %s did not stop within %s s: its context stays", self.name, timeout)
+            return False
         self.ctx.close()
+        return True
 
     # -- the embedder thread ------------------------------------------------------------------
 

@@ -62,8 +62,9 @@ class EmbeddingClient:
         finally:
             self.num_in_flight -= 1
 
-    def close(self) -> None:
-        self.embedder.close()
+    def close(self) -> bool:
+        """Stop the embedder and free its context; False if it did not stop (nothing freed)."""
+        return self.embedder.close()
 
 
 def _resolve(jobs: list[EmbeddingJob]) -> None:

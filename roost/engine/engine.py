@@ -79,11 +79,17 @@ class Engine:
     def abort(self, request_id: str) -> None:
         self._inbox.put(_Abort(request_id))
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30) -> bool:
         self._inbox.put(STOP)
-        self._thread.join(timeout=30)
+        self._thread.join(timeout)
+        if self._thread.is_alive():  # freeing the context under a running decode would crash
+            log.error(
+                "engine %s did not stop within %s s: its context stays", self.config.name, timeout
+            )
+            return False
         self.runner.close()
         self.ctx.close()
+        return True
 
     # -- the engine thread ----------------------------------------------------------------------
 
@@ -92,16 +98,23 @@ class Engine:
             self._apply, block=self.cpu.idle_if(_CPU_USER, not self.scheduler.has_work())
         ):
             self.ctx.set_threads(self.cpu.threads(_CPU_USER))
-            plan = Plan()
             try:
                 plan = self.scheduler.schedule()
+            except Exception as exc:
+                # nothing tells which sequence made it fail: fail them all rather than spin on
+                # the same error forever (the queues would never empty)
+                log.exception("engine scheduling failed")
+                seqs = [*self.scheduler.running, *self.scheduler.waiting]
+                self._reset(seqs, requeue=False, error=str(exc) or type(exc).__name__)
+                continue
+            try:
                 self._step(plan)
             except KVCacheFull:
                 log.warning("KV cache full for a batch of %d chunks; retrying", len(plan.chunks))
-                self._reset(plan, requeue=True)
+                self._reset(_planned(plan), requeue=True)
             except Exception as exc:  # a failed step must not stop the engine
                 log.exception("engine step failed")
-                self._reset(plan, requeue=False, error=str(exc) or type(exc).__name__)
+                self._reset(_planned(plan), requeue=False, error=str(exc) or type(exc).__name__)
 
     def _apply(self, item: object) -> None:
         # one bad message must not end the engine thread, nor leave its request waiting
@@ -160,10 +173,10 @@ class Engine:
             seq.sampler.close()
             seq.sampler = None
 
-    def _reset(self, plan: Plan, requeue: bool, error: str | None = None) -> None:
-        """After a failed decode: forget the batch's KV; requeue its sequences or fail them."""
+    def _reset(self, seqs: list[Sequence], requeue: bool, error: str | None = None) -> None:
+        """After a failed step: forget the sequences' KV; requeue them or fail them."""
         events = []
-        for seq in {id(c.seq): c.seq for c in plan.chunks}.values():
+        for seq in seqs:
             if seq.slot is not None:
                 self.ctx.seq_remove(seq.slot.seq_id)
                 seq.slot.tokens = []
@@ -176,3 +189,8 @@ class Engine:
             self._release(seq)
         if events:
             self._sink(events)
+
+
+def _planned(plan: Plan) -> list[Sequence]:
+    """The sequences of a plan's batch, each once."""
+    return list({id(c.seq): c.seq for c in plan.chunks}.values())
