@@ -128,29 +128,37 @@ class ModelRegistry:
     def __init__(self, configs: list[EngineConfig]) -> None:
         self.configs = configs
         self.models: dict[str, ServedModel] = {}
+        self.failures: dict[str, str] = {}  # model name → why it did not load
         self.status = LoadStatus.LOADING
 
     async def load(self, on_fatal: Callable[[str], None] | None = None) -> None:
-        """Load every model; a configuration that cannot fit in memory calls `on_fatal`."""
+        """Load every model; one that fails is reported and the others serve. A configuration
+        that cannot fit in memory calls `on_fatal` instead."""
         loop = asyncio.get_running_loop()
-        try:
-            for config in self.configs:
+        for config in self.configs:
+            try:
                 served = await asyncio.to_thread(_load_model, config, loop)
-                self.models[config.name] = served
-                _log_ready(served)
-            self.status = LoadStatus.READY
-        except OutOfMemory as exc:
-            log.error("%s", exc)
-            self.status = LoadStatus.FAILED
-            if on_fatal is not None:
-                on_fatal(str(exc))
-        except Exception:
-            log.exception("loading models failed")
-            self.status = LoadStatus.FAILED
+            except OutOfMemory as exc:
+                log.error("%s", exc)
+                self.status = LoadStatus.FAILED
+                if on_fatal is not None:
+                    on_fatal(str(exc))
+                return
+            except Exception as exc:
+                log.exception("model %s failed to load", config.name)
+                self.failures[config.name] = str(exc) or type(exc).__name__
+                continue
+            self.models[config.name] = served
+            _log_ready(served)
+        self.status = LoadStatus.READY if self.models else LoadStatus.FAILED
 
     def get(self, name: str) -> ServedModel:
-        if self.status is not LoadStatus.READY:
-            raise ServiceUnavailable(f"models are not ready ({self.status.value})", "model_loading")
+        if self.status is LoadStatus.LOADING:
+            raise ServiceUnavailable("models are not ready (loading)", "model_loading")
+        if name in self.failures:
+            raise ServiceUnavailable(
+                f"The model '{name}' failed to load: {self.failures[name]}", "model_load_failed"
+            )
         try:
             return self.models[name]
         except KeyError:

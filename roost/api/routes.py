@@ -43,6 +43,7 @@ async def health(registry: Registry, request: Request) -> JSONResponse:
         "status": registry.status.value,
         "generation_status": "generating" if registry.is_generating() else "idle",
         "models": list(registry.models),
+        "failed": registry.failures,  # model name → why it did not load
         "tools_loaded": sorted(request.app.state.server_tools),
     }
     return JSONResponse(body, status_code=200 if registry.status is LoadStatus.READY else 503)
