@@ -290,3 +290,33 @@ def test_unified_cache_does_not_restart_a_preempted_prompt_every_step() -> None:
     assert first.num_computed == 444 + 300  # the older request never lost its place
     assert num_prefills == 1  # started once, preempted once, then waited
     assert second.slot is None and list(scheduler.waiting) == [second]
+
+
+def test_a_failing_server_tool_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    from roost.chat.server_tools import load_server_tool, run_server_tool
+
+    tool = load_server_tool("tests.fake_tools:explode")
+    with caplog.at_level("WARNING", logger="roost.chat"):
+        result = asyncio.run(run_server_tool(tool, "{}", timeout=5))
+    assert result == "error: RuntimeError: boom"  # what the model sees
+    assert "server tool explode failed: RuntimeError: boom" in caplog.text
+
+
+def test_an_exception_inside_a_stream_is_logged_and_reported_in_band(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from roost.api.serving import stream_response
+
+    async def frames() -> AsyncIterator[str]:
+        yield "data: {}\n\n"
+        raise KeyError("a bug in roost")
+
+    async def read() -> list[str]:
+        response = stream_response([], frames)
+        return [chunk async for chunk in response.body_iterator]  # type: ignore[misc]
+
+    with caplog.at_level("ERROR", logger="roost.api"):
+        chunks = asyncio.run(read())
+    assert '"code": "internal_error"' in chunks[1] and chunks[-1].startswith("data: [DONE]")
+    assert "a bug in roost" not in "".join(chunks)  # the client gets no internals
+    assert "stream failed" in caplog.text and "a bug in roost" in caplog.text  # the log does

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
@@ -27,6 +28,8 @@ from roost.engine.client import QueueFull, RequestStream
 from roost.engine.logprobs import TokenLogprob
 from roost.engine.params import SamplingParams
 from roost.engine.sequence import Event, FinishReason
+
+log = logging.getLogger("roost.api")
 
 T = TypeVar("T")
 DONE = "data: [DONE]\n\n"
@@ -186,6 +189,7 @@ def stream_response(
             yield sse(exc.body())
             yield DONE
         except Exception:  # the status line is sent: report in-band, never a traceback
+            log.exception("stream failed (%s)", ", ".join(s.request_id for s in streams))
             yield sse(error_body("internal error", "server_error", None, "internal_error"))
             yield DONE
         finally:

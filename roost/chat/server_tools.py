@@ -12,6 +12,7 @@ import asyncio
 import importlib
 import inspect
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 from pydantic import ValidationError, create_model, validate_call
 
 from roost.chat.constraints import ToolSpec
+
+log = logging.getLogger("roost.chat")
 
 
 class ToolLoadError(ValueError):
@@ -72,5 +75,6 @@ async def run_server_tool(tool: ServerTool, arguments: str, timeout: float) -> s
     except TimeoutError:
         return f"error: tool '{tool.name}' timed out after {timeout:g}s"
     except (ValidationError, Exception) as exc:  # the model sees why its call failed
+        log.warning("server tool %s failed: %s: %s", tool.name, type(exc).__name__, exc)
         return f"error: {type(exc).__name__}: {exc}"
     return result if isinstance(result, str) else json.dumps(result, default=str)
