@@ -320,3 +320,20 @@ def test_an_exception_inside_a_stream_is_logged_and_reported_in_band(
     assert '"code": "internal_error"' in chunks[1] and chunks[-1].startswith("data: [DONE]")
     assert "a bug in roost" not in "".join(chunks)  # the client gets no internals
     assert "stream failed" in caplog.text and "a bug in roost" in caplog.text  # the log does
+
+
+def test_a_bug_in_roosts_schema_converter_is_not_the_clients_fault(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from roost.llama import grammar
+
+    # the converter refusing a schema is a 400 (GrammarError) ...
+    with pytest.raises(grammar.GrammarError, match="Unrecognized schema"):
+        grammar.schema_grammar({"type": "bogus"})
+
+    # ... but an exception from roost's own code is a bug: it must surface as itself (a 500
+    # with a traceback in the log), not become a 400 blaming the schema
+    # (a broken constant makes roost's own bounded-string rule raise TypeError)
+    monkeypatch.setattr(grammar, "MAX_FREE_STRING", None)
+    with pytest.raises(TypeError):
+        grammar.schema_grammar({"type": "string", "minLength": 1})

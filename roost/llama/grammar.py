@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from itertools import groupby
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -20,6 +21,8 @@ from llama_cpp.llama_grammar import (
 
 from roost.llama.model import LlamaModel
 from roost.llama.regex_gbnf import MAX_REPEAT, RegexError, regex_expression, regex_to_gbnf
+
+_ROOST_DIR = Path(__file__).resolve().parent.parent  # the roost package
 
 
 class GrammarError(ValueError):
@@ -339,8 +342,21 @@ def schema_rules(schemas: dict[str, dict[str, Any]]) -> tuple[str, dict[str, str
     except GrammarError:
         raise
     except Exception as exc:  # the converter raises many kinds for unsupported schemas
+        if _is_roosts_bug(exc):  # not the schema's fault: a 500 with a log line, not a 400
+            raise
         raise GrammarError(f"unsupported JSON schema: {exc}") from exc
     return _strict_strings(converter.format_grammar()), names
+
+
+def _is_roosts_bug(exc: Exception) -> bool:
+    """Raised by roost's own code (which says what it refuses with GrammarError), rather than
+    by the converter or jsonschema refusing a schema; too deep a schema is the client's."""
+    if isinstance(exc, RecursionError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).is_relative_to(_ROOST_DIR)
 
 
 def _strict_strings(rules: str) -> str:
