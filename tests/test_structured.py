@@ -93,7 +93,7 @@ def test_json_object_output_is_a_json_object(
             response_format={"type": "json_object"},
             temperature=0.7,
             seed=seed,
-            max_tokens=400,
+            max_tokens=120,
             extra_body=extra,
         )
         return out.choices[0].finish_reason, out.choices[0].message.content or ""
