@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 import weakref
@@ -75,6 +76,11 @@ class EngineClient:
         if not is_finished:
             self.engine.abort(request_id)
 
+    def _dropped(self, request_id: str) -> None:
+        # a garbage collection may run this on any thread: the count changes on the loop only
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to count
+            self._loop.call_soon_threadsafe(self._done, request_id, False)
+
     def close(self) -> bool:
         """Stop the engine and free its context; False if it did not stop (nothing freed)."""
         return self.engine.close()
@@ -88,7 +94,7 @@ class RequestStream:
         self.request_id = request_id
         self._events = events
         # a stream dropped unread (e.g. a response body never started) still frees its request
-        self._release = weakref.finalize(self, client._done, request_id, False)
+        self._release = weakref.finalize(self, client._dropped, request_id)
 
     def __aiter__(self) -> RequestStream:
         return self
