@@ -81,6 +81,7 @@ def runtime_report(
     config: EngineConfig, model: LlamaModel, plan: MemoryPlan, max_seq_len: int | None
 ) -> dict[str, Any]:
     """What runs: devices, CPU features, threads, KV cache, repacking and offload."""
+    num_cells = kv_cells(config, model) if config.generate else 0
     return {
         "backend_devices": [asdict(device) for device in backend_devices()],
         "cpu_features": cpu_features(system_info()),
@@ -88,8 +89,9 @@ def runtime_report(
         "repack": model.is_repacked,
         "n_gpu_layers": model.num_gpu_layers,
         "parallel": config.parallel,
-        "kv_cache_tokens": kv_cells(config, model) if config.generate else 0,
-        "kv_cache_bytes": plan.kv_cache,
+        "kv_cache_tokens": num_cells,
+        # wherever it lives (host or GPU): the memory plan counts host memory only
+        "kv_cache_bytes": num_cells * model.kv_bytes_per_token(),
         "tokens_per_request": max_seq_len,
         "weights_bytes": model.num_bytes,
         "estimated_memory_bytes": plan.total,
