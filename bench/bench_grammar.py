@@ -17,8 +17,9 @@ from typing import Any
 
 import llama_cpp
 
+from roost.chat.constraints import schema_grammar
 from roost.config import embedded_model_path
-from roost.llama.grammar import Grammar, schema_grammar
+from roost.llama.grammar import Grammar
 from roost.llama.model import LlamaModel
 
 

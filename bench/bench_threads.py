@@ -24,7 +24,6 @@ from roost.engine.cpu import CpuShare
 from roost.engine.embedding_client import EmbeddingClient
 from roost.engine.params import SamplingParams
 from roost.llama.model import LlamaModel, LoadOptions
-from roost.llama.sampler import SamplerSpec
 
 PROMPT = "<|im_start|>user\nWrite a long story about a lighthouse keeper.<|im_end|>\n"
 PASSAGE = "The keeper climbed the stairs of the lighthouse every evening to light the lamp. " * 6
@@ -39,12 +38,10 @@ class AllThreads(CpuShare):
 
 async def stream_speed(client: EngineClient, prompt: list[int], num_tokens: int) -> float:
     """Generated tokens per second of one greedy stream, from its first token to its last."""
-    params = SamplingParams(
-        max_tokens=num_tokens, ignore_eos=True, sampler=SamplerSpec(temperature=0)
-    )
+    params = SamplingParams(max_tokens=num_tokens, ignore_eos=True, temperature=0)
     first = last = None
     count = 0
-    async for event in client.submit(prompt, params):
+    async for event in client.submit_group(prompt, [params])[0]:
         if event.token_ids:
             now = time.perf_counter()
             first = first or now

@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,6 +37,29 @@ def embedded_model_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
 
 
+class SamplingDefaults(BaseModel):
+    """Sampling values used where a request leaves the field unset (Ollama's Modelfile
+    parameters, vLLM's generation config). Precedence: request → model → server → OpenAI."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt field must not be ignored silently
+
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    seed: int | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    stop: list[str] | None = Field(default=None, max_length=16)
+
+    def over(self, fallback: SamplingDefaults) -> SamplingDefaults:
+        """These values, and `fallback`'s where these are unset."""
+        mine = self.model_dump(exclude_none=True)
+        return SamplingDefaults(**{**fallback.model_dump(exclude_none=True), **mine})
+
+
 class ModelConfig(BaseModel):
     """One served model; unset engine fields fall back to the server-wide values."""
 
@@ -55,6 +78,7 @@ class ModelConfig(BaseModel):
     embedding_ctx_size: int | None = Field(default=None, ge=16)
     repack: Repack | None = None
     n_gpu_layers: int | None = Field(default=None, ge=-1, le=2**31 - 1)
+    defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
 
 
 class EngineConfig(BaseModel):
@@ -75,6 +99,12 @@ class EngineConfig(BaseModel):
     embedding_ctx_size: int = 2048  # longest embedding input, before the training-context cap
     repack: bool | None = None  # None: auto (off where llama.cpp's AMX path fails)
     n_gpu_layers: int | None = None  # None: all layers when llama.cpp can offload, else 0
+    defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
+
+    @property
+    def max_in_flight(self) -> int:
+        """Requests (or sequences) one model holds at once: running plus waiting."""
+        return self.parallel + self.max_waiting
 
     @model_validator(mode="after")
     def _serves_something(self) -> EngineConfig:
@@ -160,6 +190,10 @@ class Settings(BaseSettings):
     tool_max_rounds: int = Field(
         default=4, ge=1, le=16, description="server tool rounds per request"
     )
+    defaults: SamplingDefaults = Field(
+        default_factory=SamplingDefaults,
+        description="sampling values for requests that leave them unset (a model's own win)",
+    )
     models: list[ModelConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -196,6 +230,7 @@ class Settings(BaseSettings):
             embedding_ctx_size=entry.embedding_ctx_size or self.embedding_ctx_size,
             repack=_tri_state(self.repack if entry.repack is None else entry.repack),
             n_gpu_layers=self.n_gpu_layers if entry.n_gpu_layers is None else entry.n_gpu_layers,
+            defaults=entry.defaults.over(self.defaults),
         )
 
 

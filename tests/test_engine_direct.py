@@ -10,17 +10,18 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 from roost.config import load_settings
-from roost.engine.client import EngineClient
+from roost.engine.client import EngineClient, RequestStream
+from roost.engine.kv_cache import KVCache
 from roost.engine.params import SamplingParams
-from roost.engine.prefix_cache import Slot
 from roost.engine.runner import Runner
 from roost.engine.scheduler import Chunk, Plan
 from roost.engine.sequence import Sequence
 from roost.llama.batch import Batch
-from roost.llama.context import ContextParams, LlamaContext
+from roost.llama.context import ContextParams, LlamaContext, StateMismatch
 from roost.llama.model import LlamaModel
 from roost.llama.sampler import Sampler, SamplerSpec
 
@@ -40,15 +41,15 @@ async def _engine(**settings: Any) -> AsyncIterator[EngineClient]:
 
 async def _scenario() -> tuple[int, int, list[int]]:
     async with _engine(parallel=1, ctx_size=512) as client:
-        params = SamplingParams(max_tokens=300, sampler=SamplerSpec(temperature=0))
+        params = SamplingParams(max_tokens=300, temperature=0)
         prompt = client.model.tokenize("Once upon a time")
-        client.submit(prompt, params)  # dropped unread, like a response body never started
+        _submit(client, prompt, params)  # dropped unread, like a response body never started
         gc.collect()
         await asyncio.sleep(0)  # the release is counted on the loop
         after_drop = client.num_in_flight
         # the only sequence must be free again: a new request gets it and runs to its end
-        short = SamplingParams(max_tokens=5, sampler=_to_the_end(client.model))
-        events = [event async for event in client.submit(prompt, short)]
+        short = _to_the_end(client.model, 5)
+        events = [event async for event in _submit(client, prompt, short)]
         assert events[-1].error is None
         return after_drop, client.num_in_flight, [len(e.token_ids) for e in events]
 
@@ -61,8 +62,8 @@ def test_dropped_stream_frees_its_request() -> None:
 
 async def _finalized_on_another_thread() -> tuple[int, int]:
     async with _engine(parallel=1, ctx_size=512) as client:
-        params = SamplingParams(max_tokens=3, sampler=_to_the_end(client.model))
-        stream = client.submit(client.model.tokenize("Hello"), params)
+        params = _to_the_end(client.model, 3)
+        stream = _submit(client, client.model.tokenize("Hello"), params)
 
         seen: list[int] = []
 
@@ -85,9 +86,14 @@ def test_a_stream_finalized_on_another_thread_is_counted_on_the_loop() -> None:
     assert after == 0  # the loop did
 
 
-def _to_the_end(model: LlamaModel) -> SamplerSpec:
+def _to_the_end(model: LlamaModel, max_tokens: int) -> SamplingParams:
     """Greedy with the end tokens banned: a request runs to its max_tokens on any machine."""
-    return SamplerSpec(temperature=0, logit_bias=dict.fromkeys(model.eog_ids, -100.0))
+    bias = dict.fromkeys(model.eog_ids, -100.0)
+    return SamplingParams(max_tokens=max_tokens, temperature=0, logit_bias=bias)
+
+
+def _submit(client: EngineClient, prompt: list[int], params: SamplingParams) -> RequestStream:
+    return client.submit_group(prompt, [params])[0]
 
 
 class _FailingGrammar:
@@ -98,16 +104,13 @@ class _FailingGrammar:
         raise RuntimeError("no grammar sampler")
 
 
-BROKEN = SamplerSpec(grammar=_FailingGrammar())  # type: ignore[arg-type]
-
-
 async def _failure_scenario() -> tuple[list[str | None], int]:
     async with _engine(parallel=1, ctx_size=512) as client:
         prompt = client.model.tokenize("Hello")
-        broken = SamplingParams(max_tokens=5, sampler=BROKEN)
-        failed = [event async for event in client.submit(prompt, broken)]
-        fine = SamplingParams(max_tokens=4, sampler=_to_the_end(client.model))
-        served = [event async for event in client.submit(prompt, fine)]
+        broken = SamplingParams(max_tokens=5, grammar=_FailingGrammar())
+        failed = [event async for event in _submit(client, prompt, broken)]
+        fine = _to_the_end(client.model, 4)
+        served = [event async for event in _submit(client, prompt, fine)]
         return [e.error for e in failed], sum(len(e.token_ids) for e in served)
 
 
@@ -121,7 +124,7 @@ def test_a_failing_request_does_not_stop_the_engine() -> None:
 async def _group_scenario(parallel: int, n: int, kv_unified: bool = False) -> tuple[int, list[str]]:
     async with _engine(parallel=parallel, ctx_size=2048, kv_unified=kv_unified) as client:
         prompt = client.model.tokenize("Tell me everything about the ocean. " * 12)
-        params = SamplingParams(max_tokens=4, sampler=_to_the_end(client.model))
+        params = _to_the_end(client.model, 4)
         before = client.engine.runner.num_decoded
 
         async def text(stream: object) -> str:
@@ -149,8 +152,8 @@ def test_a_group_larger_than_the_slots_still_completes() -> None:
 async def _failed_leader_scenario() -> tuple[str | None, list[int]]:
     async with _engine(parallel=2, ctx_size=1024) as client:
         prompt = client.model.tokenize("Hello there")
-        broken = SamplingParams(max_tokens=3, sampler=BROKEN)
-        fine = SamplingParams(max_tokens=3, sampler=_to_the_end(client.model))
+        broken = SamplingParams(max_tokens=3, grammar=_FailingGrammar())
+        fine = _to_the_end(client.model, 3)
         leader, *followers = client.submit_group(prompt, [broken, fine, fine])
         failed = [event async for event in leader]
         served = [[e async for e in follower] for follower in followers]
@@ -165,7 +168,8 @@ def test_followers_of_a_failed_leader_compute_their_prompt() -> None:
 def test_runner_fills_the_batch_in_sequence_id_order(local_model: LlamaModel) -> None:
     # llama.cpp runs a split-cache batch out of stream order 1.5-2x slower: the runner sorts
     ctx = LlamaContext(local_model, ContextParams(1024, 512, 4, 2))
-    runner = Runner(ctx, 512)
+    cache = KVCache(4, compact=True)
+    runner = Runner(ctx, cache, 512)
     decoded: list[list[int]] = []
     decode = ctx.decode
 
@@ -181,7 +185,7 @@ def test_runner_fills_the_batch_in_sequence_id_order(local_model: LlamaModel) ->
             seq = Sequence(
                 str(seq_id), local_model.tokenize(text), SamplingParams(), lambda _: None, 512
             )
-            seq.slot = Slot(seq_id)
+            seq.slot = cache.slots[seq_id]
             seq.sampler = Sampler(local_model, SamplerSpec(temperature=0))
             plan.chunks.append(Chunk(seq, 0, len(seq.tokens)))
             seqs.append(seq)
@@ -191,6 +195,7 @@ def test_runner_fills_the_batch_in_sequence_id_order(local_model: LlamaModel) ->
         for seq in seqs:  # each sequence's KV holds exactly its own prompt
             assert seq.slot is not None and seq.sampler is not None
             assert ctx.seq_pos_max(seq.slot.seq_id) == len(seq.tokens) - 1
+            assert seq.slot.tokens == seq.tokens  # and the cache's bookkeeping says so
             seq.sampler.close()
     finally:
         runner.close()
@@ -200,18 +205,18 @@ def test_runner_fills_the_batch_in_sequence_id_order(local_model: LlamaModel) ->
 async def _copied_prefix_scenario(prime: bool) -> tuple[list[int], int, list[int]]:
     """Two requests finish on sequence ids 0 and 1 (if `prime`); a third shares the second's
     prompt."""
-    greedy = SamplingParams(max_tokens=8, sampler=SamplerSpec(temperature=0))
+    greedy = SamplingParams(max_tokens=8, temperature=0)
     async with _engine(parallel=2, ctx_size=2048) as client:
 
         async def run(prompt: list[int]) -> tuple[list[int], int]:
-            events = [event async for event in client.submit(prompt, greedy)]
+            events = [event async for event in _submit(client, prompt, greedy)]
             return [t for e in events for t in e.token_ids], events[-1].num_cached_tokens
 
         first = client.model.tokenize("The history of the lighthouse at the end of the pier. " * 3)
         second = client.model.tokenize("A recipe for bread, with flour, water and salt. " * 3)
         if prime:
             await asyncio.gather(run(first), run(second))
-        slots = {tuple(slot.tokens[:5]): slot.seq_id for slot in client.engine.slots.slots}
+        slots = {tuple(slot.tokens[:5]): slot.seq_id for slot in client.engine.cache.slots}
         tokens, cached = await run(second + client.model.tokenize(" And then"))
         return tokens, cached, [slots.get(tuple(first[:5]), -1), slots.get(tuple(second[:5]), -1)]
 
@@ -240,11 +245,11 @@ async def _schedule_fails_once_scenario() -> tuple[str | None, int, int]:
 
         scheduler.schedule = fail_once  # type: ignore[method-assign]
         prompt = client.model.tokenize("Hello there")
-        params = SamplingParams(max_tokens=3, sampler=_to_the_end(client.model))
-        failed = [event async for event in client.submit(prompt, params)]
+        params = _to_the_end(client.model, 3)
+        failed = [event async for event in _submit(client, prompt, params)]
         # the engine went back to waiting (not spinning on the error), and serves the next one
         num_calls_after_failure = len(calls)
-        served = [event async for event in client.submit(prompt, params)]
+        served = [event async for event in _submit(client, prompt, params)]
         return failed[-1].error, num_calls_after_failure, sum(len(e.token_ids) for e in served)
 
 
@@ -268,8 +273,8 @@ async def _stuck_close_scenario() -> tuple[bool, bool, bool]:
             return execute(plan)
 
         engine.runner.execute = slow_execute  # type: ignore[method-assign]
-        params = SamplingParams(max_tokens=1, sampler=_to_the_end(client.model))
-        stream = client.submit(client.model.tokenize("Hello"), params)
+        params = _to_the_end(client.model, 1)
+        stream = _submit(client, client.model.tokenize("Hello"), params)
         await started.wait()
         stopped = await asyncio.to_thread(engine.close, 0.2)
         context_kept = engine.ctx.ptr is not None
@@ -282,3 +287,36 @@ def test_close_keeps_the_context_of_an_engine_still_decoding() -> None:
     stopped, context_kept, stopped_later = asyncio.run(_stuck_close_scenario())
     assert not stopped and context_kept  # freeing it would crash the running decode
     assert stopped_later
+
+
+def test_a_saved_sequence_state_restores_into_another_sequence(local_model: LlamaModel) -> None:
+    ctx = LlamaContext(local_model, ContextParams(1024, 512, 2, 2))
+    batch = Batch(512)
+
+    def next_token(seq_id: int, token: int, pos: int) -> int:
+        batch.clear()
+        batch.add(token, pos, seq_id, True)
+        ctx.decode(batch)
+        return int(np.argmax(ctx.logits(0)))
+
+    try:
+        prompt = local_model.tokenize("The lighthouse keeper climbed the stairs")
+        batch.clear()
+        for pos, token in enumerate(prompt[:-1]):
+            batch.add(token, pos, 0, False)
+        ctx.decode(batch)
+        state = np.empty(ctx.seq_state_size(0), np.uint8)
+        assert ctx.seq_state_get(0, state) == state.size
+        ctx.seq_state_set(1, state, len(prompt) - 1)
+        assert ctx.seq_pos_max(1) == len(prompt) - 2
+        # the restored sequence continues exactly as the original does
+        last = prompt[-1]
+        assert next_token(1, last, len(prompt) - 1) == next_token(0, last, len(prompt) - 1)
+        # state that does not hold what it should is refused, and leaves the sequence empty
+        ctx.seq_remove(1)
+        with pytest.raises(StateMismatch):
+            ctx.seq_state_set(1, state, len(prompt) + 3)
+        assert ctx.seq_pos_max(1) == -1
+    finally:
+        batch.close()
+        ctx.close()

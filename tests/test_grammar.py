@@ -8,13 +8,10 @@ import math
 import llama_cpp
 import pytest
 
-from roost.llama.grammar import (
-    Grammar,
-    GrammarError,
-    alternatives,
-    regex_grammar,
-    schema_grammar,
-)
+from roost.chat.constraints import schema_grammar
+from roost.errors import GrammarError
+from roost.llama.gbnf import alternatives, regex_grammar
+from roost.llama.grammar import Grammar
 from roost.llama.model import LlamaModel
 from roost.llama.regex_gbnf import MAX_REPEAT
 

@@ -26,7 +26,7 @@ def direct(local_model: LlamaModel) -> Iterator[LlamaContext]:
 
 def _direct_logprobs(ctx: LlamaContext, tokens: list[int]) -> np.ndarray:
     """Log-softmax (float64) of the logits at every position of `tokens`, one sequence."""
-    ctx.clear()
+    ctx.seq_remove(-1)  # every sequence
     batch = Batch(len(tokens))
     try:
         for pos, token in enumerate(tokens):

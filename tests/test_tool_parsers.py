@@ -10,14 +10,20 @@ from typing import Any
 
 import pytest
 
+from roost.chat.tool_stream import ToolCallStream
 from roost.chat.tools import (
     PARSERS,
     ParsedOutput,
     ToolCallParser,
-    ToolCallStream,
     find_marker,
     parser_for_template,
 )
+
+
+def _parse(parser: ToolCallParser, text: str, names: set[str] | None = None) -> ParsedOutput:
+    """A whole output: content stripped (None if empty) and the calls."""
+    content, calls = parser.split(text, names)
+    return ParsedOutput(content.strip() or None, calls)
 
 
 @dataclass(frozen=True)
@@ -319,14 +325,14 @@ def _assert_calls(parsed: ParsedOutput, expected: tuple[tuple[str, dict[str, Any
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_parse(case: Case) -> None:
-    parsed = PARSERS[case.family].parse(case.text)
+    parsed = _parse(PARSERS[case.family], case.text)
     _assert_calls(parsed, case.calls)
     assert parsed.content == case.content
 
 
 def test_call_ids_are_unique_and_openai_shaped() -> None:
-    first = PARSERS["hermes"].parse(HERMES[1].text).tool_calls
-    again = PARSERS["hermes"].parse(HERMES[1].text).tool_calls
+    first = _parse(PARSERS["hermes"], HERMES[1].text).tool_calls
+    again = _parse(PARSERS["hermes"], HERMES[1].text).tool_calls
     ids = [call.id for call in first + again]
     assert len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"call_[0-9a-f]{24}", call_id) for call_id in ids)
@@ -334,9 +340,9 @@ def test_call_ids_are_unique_and_openai_shaped() -> None:
 
 def test_arguments_are_json_object_strings() -> None:
     for case in CASES:
-        for call in PARSERS[case.family].parse(case.text).tool_calls:
+        for call in _parse(PARSERS[case.family], case.text).tool_calls:
             assert isinstance(json.loads(call.arguments), dict)
-    zurich = PARSERS["hermes"].parse(HERMES[5].text).tool_calls[0]
+    zurich = _parse(PARSERS["hermes"], HERMES[5].text).tool_calls[0]
     assert "Zürich" in zurich.arguments  # not \u-escaped
 
 
@@ -387,7 +393,7 @@ def _chunkings(text: str) -> list[list[int]]:
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_stream_matches_parse(case: Case) -> None:
     parser = PARSERS[case.family]
-    reference = parser.parse(case.text)
+    reference = _parse(parser, case.text)
     first_marker = find_marker(case.text, parser.start_markers)
     safe_end = len(case.text) if first_marker is None else first_marker
     for sizes in _chunkings(case.text):
@@ -410,9 +416,7 @@ def test_stream_holds_back_a_marker_prefix() -> None:
     stream = ToolCallStream(PARSERS["hermes"])
     assert stream.feed("Hello <tool") == "Hello "
     assert stream.feed("_c") == ""
-    assert not stream.is_buffering
     assert stream.feed("all>\n{") == ""
-    assert stream.is_buffering
     assert stream.feed('"name": "f", "arguments": {}}\n</tool_call>\n') == ""
     final = stream.finish()
     assert final.content is None
@@ -460,5 +464,5 @@ def test_a_call_of_a_function_not_on_offer_stays_content() -> None:
     assert stream.finish() == ParsedOutput(content=text, tool_calls=[])
     # one unknown name in a run keeps the whole run as content, as a malformed entry does
     run = '[TOOL_CALLS][{"name": "a", "arguments": {}}, {"name": "b", "arguments": {}}]'
-    assert PARSERS["mistral"].parse(run, names={"a"}).tool_calls == []
-    assert len(PARSERS["mistral"].parse(run, names={"a", "b"}).tool_calls) == 2
+    assert _parse(PARSERS["mistral"], run, names={"a"}).tool_calls == []
+    assert len(_parse(PARSERS["mistral"], run, names={"a", "b"}).tool_calls) == 2

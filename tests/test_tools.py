@@ -10,8 +10,10 @@ import jsonschema
 import openai
 import pytest
 
-from roost.api.serving_chat import HeldLogprobs, Piece, _choice
-from roost.chat.tools import PARSERS, ToolCall, ToolCallStream
+from roost.api.serving_chat import _choice
+from roost.chat.tool_stream import ToolCallStream
+from roost.chat.tools import PARSERS, ToolCall
+from roost.chat.turn import HeldLogprobs, Piece
 from roost.engine.logprobs import TokenLogprob
 from tests.conftest import MODEL, Server, start_config_server
 

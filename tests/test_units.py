@@ -11,10 +11,11 @@ import pytest
 
 from roost.cli import build_parser
 from roost.config import load_settings
+from roost.engine.kv_cache import MIN_COPY_GAIN, KVCache, common_prefix_len
 from roost.engine.params import SamplingParams
-from roost.engine.prefix_cache import MIN_COPY_GAIN, SlotTable, common_prefix_len
 from roost.engine.scheduler import Plan, Scheduler
-from roost.engine.sequence import SeqStatus, Sequence, StopMatcher
+from roost.engine.sequence import SeqStatus, Sequence
+from roost.engine.stop import StopMatcher
 from roost.llama.regex_gbnf import RegexError, regex_to_gbnf
 
 
@@ -55,12 +56,12 @@ def test_common_prefix_len() -> None:
     assert common_prefix_len([], a) == 0
 
 
-def test_slot_table_prefers_longest_prefix_and_recomputes_two_tokens() -> None:
-    table = SlotTable(2)
+def test_kv_cache_prefers_longest_prefix_and_recomputes_two_tokens() -> None:
+    table = KVCache(2)
     first = table.acquire("a", [1, 2, 3, 4])
     assert first is not None and first.num_reused == 0
-    first.slot.tokens = [1, 2, 3, 4]
-    table.release(first.slot, first.slot.tokens)
+    table.extend(first.slot, [1, 2, 3, 4])
+    table.release(first.slot)
     again = table.acquire("b", [1, 2, 3, 4])
     # the last two prompt tokens are decoded again (MIN_RECOMPUTED): same logits as cold
     assert again is not None and again.slot is first.slot and again.num_reused == 2
@@ -122,7 +123,8 @@ def test_cli_flags_come_from_settings() -> None:
 
 
 def test_grammar_schemas_keep_every_rule_or_refuse() -> None:
-    from roost.llama.grammar import GrammarError, enforceable
+    from roost.chat.schema import enforceable
+    from roost.errors import GrammarError
 
     ranged = {
         "type": "object",
@@ -140,15 +142,16 @@ def test_grammar_schemas_keep_every_rule_or_refuse() -> None:
 
 
 def test_engine_error_event_becomes_a_clean_500() -> None:
-    from roost.api.errors import EngineFailure
-    from roost.api.serving import check_event
+    from roost.api.errors import error_json, status_of
+    from roost.chat.generation import check_event
     from roost.engine.sequence import Event, FinishReason
+    from roost.errors import EngineFailure
 
     with pytest.raises(EngineFailure) as info:
         check_event(Event(finish_reason=FinishReason.ERROR, error="decode failed"))
-    assert info.value.status == 500
-    assert info.value.body()["error"]["type"] == "server_error"
-    assert info.value.body()["error"]["code"] == "engine_error"
+    assert status_of(info.value) == 500
+    assert error_json(info.value)["error"]["type"] == "server_error"
+    assert error_json(info.value)["error"]["code"] == "engine_error"
 
 
 def test_server_tool_schemas_and_safe_calculator() -> None:
@@ -192,8 +195,8 @@ def test_regex_to_gbnf_translates_escapes_and_refuses_the_rest() -> None:
 
 
 def test_one_failing_choice_stops_the_others_cleanly() -> None:
-    from roost.api.errors import EngineFailure
-    from roost.api.serving_chat import Piece, _collect_all
+    from roost.chat.turn import Piece, collect_all
+    from roost.errors import EngineFailure
 
     closed: list[str] = []
 
@@ -212,7 +215,7 @@ def test_one_failing_choice_stops_the_others_cleanly() -> None:
     async def scenario() -> None:
         answers = [slow(), failing()]
         try:
-            await _collect_all(answers)
+            await collect_all(answers)
         finally:
             for answer in answers:
                 await answer.aclose()  # must not find a generator still running
@@ -224,9 +227,9 @@ def test_one_failing_choice_stops_the_others_cleanly() -> None:
 
 @pytest.mark.parametrize("text", ["Hello", ' say "hi"\n', "\\ back\tslash", "é ü 日本 🐦", "\x01"])
 def test_fast_content_chunks_equal_the_models(text: str) -> None:
-    from roost.api.protocol import ChatCompletionChunk, ChunkChoice, Delta
-    from roost.api.serving import sse
+    from roost.api.protocol.chat import ChatCompletionChunk, ChunkChoice, Delta
     from roost.api.serving_chat import ContentChunks
+    from roost.api.streaming import sse
 
     fast = ContentChunks.start("chatcmpl-1", 1700000000, 'my "model"').frame(2, text)
     slow = sse(
@@ -242,29 +245,29 @@ def test_fast_content_chunks_equal_the_models(text: str) -> None:
         assert fast == slow
 
 
-def test_compact_slot_table_runs_on_the_lowest_id_and_copies_the_prefix() -> None:
-    table = SlotTable(4, compact=True)
+def test_compact_kv_cache_runs_on_the_lowest_id_and_copies_the_prefix() -> None:
+    table = KVCache(4, compact=True)
     prompt = list(range(100, 140))
     cached = table.slots[3]
-    cached.tokens = prompt[:30]
-    table.slots[0].tokens = prompt[:5]
+    table.extend(cached, prompt[:30])
+    table.extend(table.slots[0], prompt[:5])
     got = table.acquire("a", [*prompt[:30], 7, 8])
     assert got is not None and got.slot.seq_id == 0 and got.num_reused == 30
     assert got.copy_from is cached and got.slot.tokens == prompt[:30]
     assert cached.tokens == prompt[:30]  # the source keeps its cache
     # a gain under MIN_COPY_GAIN tokens is not worth a copy: the lowest id keeps its own prefix
-    table.slots[1].tokens = prompt[:3]
+    table.extend(table.slots[1], prompt[:3])
     small = table.acquire("b", [*prompt[: 3 + MIN_COPY_GAIN - 1], 7])
     assert small is not None and small.slot.seq_id == 1 and small.copy_from is None
     assert small.num_reused == 3
 
 
-def _computed(plan: Plan) -> None:
+def _computed(cache: KVCache, plan: Plan) -> None:
     """What the runner and engine do after a decode, minus the model: one token per logits row."""
     for chunk in plan.chunks:
         seq = chunk.seq
         assert seq.slot is not None
-        seq.slot.tokens.extend(seq.tokens[chunk.start : chunk.start + chunk.count])
+        cache.extend(seq.slot, seq.tokens[chunk.start : chunk.start + chunk.count])
         seq.num_computed += chunk.count
         if chunk.wants_logits:
             seq.tokens.append(7)
@@ -275,18 +278,19 @@ def test_unified_cache_does_not_restart_a_preempted_prompt_every_step() -> None:
     # two requests overflow a shared 1,024-cell cache: once the second is preempted it must wait
     # for room, not refill the free cells and be preempted again at every step (it thrashed:
     # 13x slower than running the two one after the other)
-    scheduler = Scheduler(SlotTable(2, compact=False), num_ctx=1024, num_batch=512)
+    cache = KVCache(2, compact=False)
+    scheduler = Scheduler(cache, num_ctx=1024, num_batch=512)
     first, second = (
         Sequence(name, list(range(444)), SamplingParams(), lambda _: None, 1024) for name in "ab"
     )
     scheduler.add(first)
-    _computed(scheduler.schedule())
+    _computed(cache, scheduler.schedule())
     scheduler.add(second)
     num_prefills = 0
     for _ in range(300):  # both grow a cell per step: the cache overflows after ~70 steps
         plan = scheduler.schedule()
         num_prefills += sum(c.count > 1 for c in plan.chunks if c.seq is second)
-        _computed(plan)
+        _computed(cache, plan)
     assert first.num_computed == 444 + 300  # the older request never lost its place
     assert num_prefills == 1  # started once, preempted once, then waited
     assert second.slot is None and list(scheduler.waiting) == [second]
@@ -305,7 +309,7 @@ def test_a_failing_server_tool_is_logged(caplog: pytest.LogCaptureFixture) -> No
 def test_an_exception_inside_a_stream_is_logged_and_reported_in_band(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from roost.api.serving import stream_response
+    from roost.api.streaming import stream_response
 
     async def frames() -> AsyncIterator[str]:
         yield "data: {}\n\n"
@@ -325,15 +329,45 @@ def test_an_exception_inside_a_stream_is_logged_and_reported_in_band(
 def test_a_bug_in_roosts_schema_converter_is_not_the_clients_fault(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from roost.llama import grammar
+    from roost.chat.constraints import schema_grammar
+    from roost.errors import GrammarError
+    from roost.llama import gbnf
 
     # the converter refusing a schema is a 400 (GrammarError) ...
-    with pytest.raises(grammar.GrammarError, match="Unrecognized schema"):
-        grammar.schema_grammar({"type": "bogus"})
+    with pytest.raises(GrammarError, match="Unrecognized schema"):
+        schema_grammar({"type": "bogus"})
 
     # ... but an exception from roost's own code is a bug: it must surface as itself (a 500
     # with a traceback in the log), not become a 400 blaming the schema
     # (a broken constant makes roost's own bounded-string rule raise TypeError)
-    monkeypatch.setattr(grammar, "MAX_FREE_STRING", None)
+    monkeypatch.setattr(gbnf, "MAX_FREE_STRING", None)
     with pytest.raises(TypeError):
-        grammar.schema_grammar({"type": "string", "minLength": 1})
+        schema_grammar({"type": "string", "minLength": 1})
+
+
+def test_request_values_then_model_defaults_then_openai_defaults() -> None:
+    from roost.api.protocol.completions import CompletionRequest
+    from roost.config import SamplingDefaults
+
+    defaults = SamplingDefaults(temperature=0.3, top_k=40, max_tokens=7, stop=["x"], seed=5)
+    request = CompletionRequest(model="m", prompt="p", temperature=0.9)
+    params = request.to_sampling_params(100, defaults)
+    assert (params.temperature, params.top_k, params.seed) == (0.9, 40, 5)
+    assert params.max_tokens == 7 and params.stop == ("x",)
+    assert params.top_p == 1.0 and params.repetition_penalty == 1.0  # OpenAI's defaults
+    bare = CompletionRequest(model="m", prompt="p").to_sampling_params(100)
+    assert (bare.temperature, bare.top_k, bare.max_tokens, bare.stop) == (1.0, 0, None, ())
+    # an explicit null means "not given": the default applies; an empty stop list is a value
+    nulls = CompletionRequest.model_validate(
+        {"model": "m", "prompt": "p", "temperature": None, "stop": None}
+    ).to_sampling_params(100, defaults)
+    assert nulls.temperature == 0.3 and nulls.stop == ("x",)
+    empty = CompletionRequest(model="m", prompt="p", stop=[]).to_sampling_params(100, defaults)
+    assert empty.stop == ()
+
+
+def test_a_misspelt_sampling_default_is_refused() -> None:
+    with pytest.raises(ValueError, match="temprature"):
+        load_settings(models=[{"name": "a", "defaults": {"temprature": 0.5}}])
+    with pytest.raises(ValueError, match="top_p"):
+        load_settings(defaults={"top_p": 3})

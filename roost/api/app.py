@@ -11,10 +11,10 @@ from fastapi import FastAPI
 from roost import __version__
 from roost.api.auth import APIKeyGuard
 from roost.api.errors import install_handlers
-from roost.api.registry import ModelRegistry
 from roost.api.routes import root, v1
 from roost.chat.server_tools import load_server_tool
 from roost.config import Settings
+from roost.engine.registry import ModelRegistry
 
 
 def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> FastAPI:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from roost.api.errors import InvalidAPIKey
+from roost.api.errors import InvalidAPIKey, error_response
 
 # everything else needs the key, unknown paths included: a keyless caller learns nothing
 PUBLIC_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
@@ -27,8 +26,7 @@ class APIKeyGuard:
             and scope["path"] not in PUBLIC_PATHS
             and not hmac.compare_digest(offered_key(scope), self.expected)
         ):
-            error = InvalidAPIKey()
-            await JSONResponse(error.body(), status_code=error.status)(scope, receive, send)
+            await error_response(InvalidAPIKey())(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

@@ -1,4 +1,5 @@
-"""Typed API errors and the handlers that turn every failure into an OpenAI error object."""
+"""HTTP statuses for roost's typed errors, and the handlers that turn every failure into an
+OpenAI error object."""
 
 from __future__ import annotations
 
@@ -10,72 +11,48 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from roost.errors import ErrorKind, RoostError, ServiceUnavailable
+
 log = logging.getLogger("roost.api")
 
 
-class APIError(Exception):
-    """An error with an HTTP status and the OpenAI `{"error": {...}}` fields."""
-
-    status = 400
-    type = "invalid_request_error"
-    code: str | None = None
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        if code is not None:
-            self.code = code
-        self.headers: dict[str, str] = {}
-
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.type, self.param, self.code)
+_STATUS = {
+    ErrorKind.INVALID: (400, "invalid_request_error"),
+    ErrorKind.NOT_FOUND: (404, "invalid_request_error"),
+    ErrorKind.UNAUTHORIZED: (401, "invalid_request_error"),
+    ErrorKind.UNAVAILABLE: (503, "server_error"),
+    ErrorKind.DISCONNECTED: (499, "invalid_request_error"),
+    ErrorKind.INTERNAL: (500, "server_error"),
+}
 
 
-class InvalidRequest(APIError):
-    code = "invalid_value"
-
-
-class ContextLengthExceeded(APIError):
-    code = "context_length_exceeded"
-
-
-class ModelNotFound(APIError):
-    status = 404
-    code = "model_not_found"
-
-    def __init__(self, model: str) -> None:
-        super().__init__(f"The model '{model}' does not exist", param="model")
-
-
-class InvalidAPIKey(APIError):
-    status = 401
+class InvalidAPIKey(RoostError):
+    kind = ErrorKind.UNAUTHORIZED
     code = "invalid_api_key"
 
     def __init__(self) -> None:
         super().__init__("Incorrect or missing API key. Send 'Authorization: Bearer <key>'.")
 
 
-class ServiceUnavailable(APIError):
-    status = 503
-    type = "server_error"
-
-    def __init__(self, message: str, code: str, retry_after: int = 1) -> None:
-        super().__init__(message, code=code)
-        self.headers = {"Retry-After": str(retry_after)}
-
-
-class ClientDisconnected(APIError):
+class ClientDisconnected(RoostError):
     """The client went away before a non-streaming answer was ready (nobody reads this)."""
 
-    status = 499
+    kind = ErrorKind.DISCONNECTED
     code = "client_disconnected"
 
 
-class EngineFailure(APIError):
-    status = 500
-    type = "server_error"
-    code = "engine_error"
+def status_of(exc: RoostError) -> int:
+    return _STATUS[exc.kind][0]
+
+
+def error_json(exc: RoostError) -> dict[str, Any]:
+    """The OpenAI `{"error": {...}}` object of a typed error."""
+    return error_body(exc.message, _STATUS[exc.kind][1], exc.param, exc.code)
+
+
+def error_response(exc: RoostError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ServiceUnavailable) else {}
+    return JSONResponse(error_json(exc), status_code=status_of(exc), headers=headers)
 
 
 def error_body(message: str, type_: str, param: str | None, code: str | None) -> dict[str, Any]:
@@ -98,9 +75,9 @@ def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
 
 
 def install_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    @app.exception_handler(RoostError)
+    async def _roost_error(_request: Request, exc: RoostError) -> JSONResponse:
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import codecs
 
-from roost.api.protocol import ChatTokenLogprob, CompletionLogprobs, TopLogprob
+from roost.api.protocol.chat import ChatTokenLogprob, TopLogprob
+from roost.api.protocol.completions import CompletionLogprobs
+from roost.engine.backend import Vocabulary
 from roost.engine.logprobs import TokenLogprob
-from roost.llama.model import LlamaModel
 
 
-def _token(model: LlamaModel, token: int) -> tuple[str, list[int]]:
+def _token(model: Vocabulary, token: int) -> tuple[str, list[int]]:
     # special tokens are shown (an end-of-turn alternative is worth seeing); a token holding
     # part of a UTF-8 character shows U+FFFD, its exact bytes are in `bytes`
     raw = model.token_bytes(token, special=True)
     return raw.decode("utf-8", errors="replace"), list(raw)
 
 
-def chat_logprobs(model: LlamaModel, logprobs: list[TokenLogprob]) -> list[ChatTokenLogprob]:
+def chat_logprobs(model: Vocabulary, logprobs: list[TokenLogprob]) -> list[ChatTokenLogprob]:
     entries = []
     for lp in logprobs:
         text, raw = _token(model, lp.token)
@@ -28,7 +29,7 @@ def chat_logprobs(model: LlamaModel, logprobs: list[TokenLogprob]) -> list[ChatT
 
 
 def _named(
-    model: LlamaModel, top: tuple[tuple[int, float], ...]
+    model: Vocabulary, top: tuple[tuple[int, float], ...]
 ) -> list[tuple[str, list[int], float]]:
     return [(*_token(model, token), value) for token, value in top]
 
@@ -37,7 +38,7 @@ class TextOffsets:
     """Counts a choice's characters token by token, decoding their bytes in order: a character
     split over two tokens counts once (shown as U+FFFD pieces, it would count twice)."""
 
-    def __init__(self, model: LlamaModel, special: bool) -> None:
+    def __init__(self, model: Vocabulary, special: bool) -> None:
         self.model = model
         self.special = special  # as the text was rendered (skip_special_tokens)
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -49,7 +50,7 @@ class TextOffsets:
 
 def extend_completion_logprobs(
     out: CompletionLogprobs,
-    model: LlamaModel,
+    model: Vocabulary,
     tokens: list[tuple[int, TokenLogprob | None]],
     offset: int,
     offsets: TextOffsets,

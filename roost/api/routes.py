@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from roost.api.body import UnicodeJSONRoute
-from roost.api.errors import InvalidRequest
-from roost.api.protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
+from roost.api.protocol.chat import ChatCompletionRequest
+from roost.api.protocol.completions import CompletionRequest
+from roost.api.protocol.embeddings import EmbeddingRequest
+from roost.api.protocol.models import ModelCard, ModelList
+from roost.api.protocol.tokenize import (
     DetokenizeRequest,
     DetokenizeResponse,
-    EmbeddingRequest,
-    ModelCard,
-    ModelList,
     TokenizeRequest,
     TokenizeResponse,
 )
-from roost.api.registry import LoadStatus, ModelRegistry
 from roost.api.serving_chat import create_chat_completion
 from roost.api.serving_completions import create_completion
 from roost.api.serving_embeddings import create_embeddings
+from roost.chat.prompt import check_tokens, render, text_tokens
+from roost.engine.registry import LoadStatus, ModelRegistry
+from roost.errors import InvalidRequest
 
 
 def registry_of(request: Request) -> ModelRegistry:
@@ -88,12 +89,12 @@ async def tokenize(body: TokenizeRequest, registry: Registry) -> TokenizeRespons
         raise InvalidRequest("send exactly one of 'prompt' and 'messages'", param="prompt")
     if body.messages is not None:
         messages = ChatCompletionRequest(model=body.model, messages=body.messages)
-        tokens = served.chat_tokens(
-            messages.template_messages(), add_generation_prompt=body.add_generation_prompt
+        tokens = await render(
+            served, messages.template_messages(), add_generation_prompt=body.add_generation_prompt
         )
     else:
-        tokens = served.model.tokenize(
-            body.prompt or "", add_special=body.add_special_tokens, parse_special=True
+        tokens = await asyncio.to_thread(
+            text_tokens, served, body.prompt or "", body.add_special_tokens
         )
     return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=served.max_model_len)
 
@@ -102,8 +103,8 @@ async def tokenize(body: TokenizeRequest, registry: Registry) -> TokenizeRespons
 async def detokenize(body: DetokenizeRequest, registry: Registry) -> DetokenizeResponse:
     served = registry.get(body.model)
     if body.tokens:  # an empty list detokenizes to ""
-        served.check_tokens(body.tokens, "tokens")
-    return DetokenizeResponse(prompt=served.model.detokenize(body.tokens, special=True))
+        check_tokens(served, body.tokens, "tokens")
+    return DetokenizeResponse(prompt=served.vocab.detokenize(body.tokens, special=True))
 
 
 @v1.post("/completions", response_model=None)

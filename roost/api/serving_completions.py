@@ -5,35 +5,34 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import Request
 
 from roost.api.logprobs import TextOffsets, extend_completion_logprobs
-from roost.api.protocol import (
+from roost.api.protocol.base import Usage, new_id
+from roost.api.protocol.completions import (
     Completion,
     CompletionChoice,
     CompletionLogprobs,
     CompletionRequest,
-    Usage,
-    new_id,
 )
-from roost.api.registry import ModelRegistry, ServedModel
-from roost.api.serving import (
+from roost.api.streaming import (
     DONE,
     ChoiceResult,
-    add_usage,
-    check_event,
     collect,
-    merge,
     sse,
     stream_response,
-    submit_all,
     until_disconnect,
 )
+from roost.chat.constraints import compile_constraint
+from roost.chat.generation import TokenCounts, check_event, submit_all
+from roost.chat.prompt import check_tokens, max_new_tokens, text_tokens
+from roost.engine.backend import Vocabulary
 from roost.engine.client import RequestStream
 from roost.engine.logprobs import TokenLogprob, mean_logprob
-from roost.llama.model import LlamaModel
+from roost.engine.registry import ModelRegistry, ServedModel
+from roost.streams import merge
 
 
 @dataclass(frozen=True)
@@ -43,8 +42,9 @@ class Prompt:
 
 
 def prompts_of(body: CompletionRequest, served: ServedModel) -> list[Prompt]:
-    """One prompt per list entry: a string, a list of strings, token ids, or lists of ids."""
-    prompt, model = body.prompt, served.client.model
+    """One prompt per list entry: a string, a list of strings, token ids, or lists of ids
+    (blocking: tokenizing many prompts takes a while)."""
+    prompt, vocab = body.prompt, served.vocab
     if isinstance(prompt, str):
         texts: list[str] | None = [prompt]
     elif prompt and all(isinstance(p, str) for p in prompt):
@@ -52,7 +52,7 @@ def prompts_of(body: CompletionRequest, served: ServedModel) -> list[Prompt]:
     else:
         texts = None
     if texts is not None:
-        prompts = [Prompt(served.text_tokens(t), t) for t in texts]
+        prompts = [Prompt(text_tokens(served, t), t) for t in texts]
     elif prompt and all(isinstance(p, int) for p in prompt):
         prompts = [Prompt(list(prompt), "")]  # type: ignore[arg-type]
     else:
@@ -60,9 +60,9 @@ def prompts_of(body: CompletionRequest, served: ServedModel) -> list[Prompt]:
     if not prompts:
         prompts = [Prompt([], "")]
     for i, p in enumerate(prompts):
-        served.check_tokens(p.tokens, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
+        check_tokens(served, p.tokens, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
     if texts is None and body.echo:
-        prompts = [Prompt(p.tokens, model.detokenize(p.tokens, special=True)) for p in prompts]
+        prompts = [Prompt(p.tokens, vocab.detokenize(p.tokens, special=True)) for p in prompts]
     return prompts
 
 
@@ -70,16 +70,19 @@ async def create_completion(
     body: CompletionRequest, registry: ModelRegistry, request: Request
 ) -> object:
     served = registry.get(body.model)
+    served.check_generates()
     body.check_supported()
-    prompts = prompts_of(body, served)
+    prompts = await asyncio.to_thread(prompts_of, body, served)
     longest = max(len(p.tokens) for p in prompts)
-    max_tokens = served.max_new_tokens(longest, body.requested_max_tokens(), "prompt")
-    # llama.cpp may take seconds to parse a large grammar: never on the event loop
-    grammar = await asyncio.to_thread(served.output_grammar, body.output_constraint())
-    params = body.to_sampling_params(served.client.model.num_vocab, max_tokens, grammar)
+    max_new_tokens(served, longest, body.requested_max_tokens(), "prompt")
+    grammar = await compile_constraint(served, body.output_constraint())
+    # a configured default max_tokens is not checked: the context's end stops it instead
+    params = replace(
+        body.to_sampling_params(served.vocab.num_vocab, served.defaults), grammar=grammar
+    )
     num_candidates = body.num_candidates()
     streams = submit_all(served, [p.tokens for p in prompts], params, num_candidates)
-    writer = _Writer(body, served.client.model, prompts, new_id("cmpl"), int(time.time()))
+    writer = _Writer(body, served.vocab, prompts, new_id("cmpl"), int(time.time()))
     if body.stream:
         return stream_response(streams, lambda: writer.chunks(streams))
     try:
@@ -94,7 +97,7 @@ async def create_completion(
             group = sorted(group, key=lambda r: mean_logprob(r.logprobs), reverse=True)
         for j, result in enumerate(group[: body.n]):
             choices.append(writer.choice(i * body.n + j, prompt, result))
-    return writer.completion(choices, usage)
+    return writer.completion(choices, Usage.of(usage))
 
 
 @dataclass
@@ -102,7 +105,7 @@ class _Writer:
     """Builds completion objects; echo and logprobs are handled here for both modes."""
 
     body: CompletionRequest
-    model: LlamaModel
+    model: Vocabulary
     prompts: list[Prompt]
     response_id: str
     created: int
@@ -158,14 +161,14 @@ class _Writer:
         return text, out
 
     async def chunks(self, streams: list[RequestStream]) -> AsyncIterator[str]:
-        usage = Usage()
+        usage = TokenCounts()
         offsets: list[int | None] = [None] * len(streams)  # text sent per choice; None: none
         counters = [self.text_offsets() for _ in streams]
         async for index, event in merge(streams):
             check_event(event)
             reason = event.finish_reason.value if event.finish_reason else None
             if reason is not None:
-                add_usage(usage, event)
+                usage.add(event)
             is_first, offset = offsets[index] is None, offsets[index] or 0
             prompt = self.prompts[index // self.body.n]
             text, logprobs = self._render(
@@ -183,5 +186,5 @@ class _Writer:
                 )
                 yield sse(self.completion([choice], None))
         if self.body.stream_options and self.body.stream_options.include_usage:
-            yield sse(self.completion([], usage))
+            yield sse(self.completion([], Usage.of(usage)))
         yield DONE

@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import numpy as np
 from fastapi import Request
 from fastapi.responses import Response
 
-from roost.api.errors import (
-    ContextLengthExceeded,
-    EngineFailure,
-    InvalidRequest,
-    ServiceUnavailable,
-)
-from roost.api.protocol import (
+from roost.api.protocol.embeddings import (
     MAX_EMBEDDING_INPUTS,
     EmbeddingData,
     EmbeddingList,
     EmbeddingRequest,
     EmbeddingUsage,
 )
-from roost.api.registry import ModelRegistry, ServedModel
-from roost.api.serving import until_disconnect
-from roost.engine.client import QueueFull
+from roost.api.streaming import until_disconnect
+from roost.chat.prompt import check_tokens, text_tokens
 from roost.engine.embedder import normalize
 from roost.engine.embedding_client import EmbeddingFailed
+from roost.engine.registry import ModelRegistry, ServedModel
+from roost.errors import ContextLengthExceeded, EngineFailure, InvalidRequest
 
 
 async def create_embeddings(
@@ -33,7 +29,9 @@ async def create_embeddings(
 ) -> Response:
     served = registry.get(body.model)
     client = served.embedding_client
-    inputs = input_token_lists(body, served, client.max_input_len)
+    # 2,048 inputs take a while to tokenize, and their vectors to serialise: in a worker
+    # thread, so that the event loop keeps every other stream flowing meanwhile
+    inputs = await asyncio.to_thread(input_token_lists, body, served, client.max_input_len)
     dimensions = body.dimensions
     if dimensions is not None and dimensions > client.num_embd:
         raise InvalidRequest(
@@ -42,15 +40,16 @@ async def create_embeddings(
         )
     try:
         vectors = await until_disconnect(request, client.embed(inputs))
-    except QueueFull:
-        raise ServiceUnavailable(
-            "The server is busy: too many requests are waiting. Retry shortly.", "queue_full"
-        ) from None
     except EmbeddingFailed as exc:
         raise EngineFailure(f"embedding failed: {exc}") from exc
     if dimensions is not None and dimensions < client.num_embd:
         vectors = normalize(vectors[:, :dimensions])  # keep the vectors unit length
     num_tokens = sum(map(len, inputs))
+    body_json = await asyncio.to_thread(_response_json, body, vectors, num_tokens)
+    return Response(body_json, media_type="application/json")
+
+
+def _response_json(body: EmbeddingRequest, vectors: np.ndarray, num_tokens: int) -> str:
     result = EmbeddingList(
         data=[
             EmbeddingData(index=i, embedding=_encode(v, body.encoding_format))
@@ -60,7 +59,7 @@ async def create_embeddings(
         usage=EmbeddingUsage(prompt_tokens=num_tokens, total_tokens=num_tokens),
     )
     # serialised by pydantic in one call: FastAPI's generic encoder is slow on 100k+ floats
-    return Response(result.model_dump_json(), media_type="application/json")
+    return result.model_dump_json()
 
 
 def input_token_lists(
@@ -87,8 +86,8 @@ def _tokens(
 ) -> list[int]:
     if not item:
         raise InvalidRequest(f"'{param}' must not be empty", param=param)
-    tokens = served.text_tokens(item) if isinstance(item, str) else list(item)
-    served.check_tokens(tokens, param)
+    tokens = text_tokens(served, item) if isinstance(item, str) else list(item)
+    check_tokens(served, tokens, param)
     if len(tokens) > max_input_len:
         raise ContextLengthExceeded(
             f"This model's maximum context length for embeddings is {max_input_len} tokens, "

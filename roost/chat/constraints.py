@@ -1,19 +1,19 @@
-"""tool_choice → a grammar request for the engine: forced calls always parse and validate."""
+"""Output constraints as grammars: response_format and guided_* fields, and forced tool calls
+(tool_choice required or named), which then always parse and validate."""
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from roost.llama.grammar import (
-    alternatives,
-    literal,
-    regex_grammar,
-    schema_grammar,
-    schema_rules,
-)
+from roost.chat.schema import enforceable
+from roost.engine.params import CompiledGrammar
+from roost.engine.registry import ServedModel
+from roost.errors import GrammarError, InvalidRequest
+from roost.llama.gbnf import alternatives, literal, regex_grammar, schema_rules
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def forced_call_grammar(tools: list[ToolSpec], parser_name: str, max_calls: int)
     """GBNF accepting 1..max_calls well-formed calls of `tools`, arguments matching schemas."""
     fmt = CALL_FORMATS[parser_name]
     object_schemas = {t.name: _object_schema(t.parameters) for t in tools}
-    rules, names = schema_rules(object_schemas)
+    rules, names = schema_rules(object_schemas, enforceable)
     alternatives = []
     for tool in tools:
         head = literal(f'{fmt.prefix}{{"name": {json.dumps(tool.name)}, "arguments": ')
@@ -83,6 +83,40 @@ def output_grammar(kind: ConstraintKind, value: Any) -> str:
     if kind is ConstraintKind.CHOICE:
         return f"root ::= {alternatives(value)}\n"
     return regex_grammar(value)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What a request asks its output to match, and the request field that asked."""
+
+    kind: ConstraintKind
+    value: Any
+    param: str
+
+
+async def compile_constraint(
+    served: ServedModel, constraint: Constraint | None
+) -> CompiledGrammar | None:
+    """The grammar for a request's output constraint, parsed by llama.cpp in a worker thread
+    (a large one takes seconds); a 400 naming the field if it cannot be enforced."""
+    if constraint is None:
+        return None
+
+    def build() -> CompiledGrammar:
+        try:
+            return served.compile_grammar(output_grammar(constraint.kind, constraint.value))
+        except GrammarError as exc:
+            raise InvalidRequest(
+                f"{exc}; this constraint is not supported", param=constraint.param
+            ) from exc
+
+    return await asyncio.to_thread(build)
+
+
+def schema_grammar(schema: dict[str, Any]) -> str:
+    """A grammar whose only outputs are JSON documents valid against `schema`."""
+    rules, names = schema_rules({"doc": schema}, enforceable)
+    return f"root ::= {names['doc']}\n{rules}\n"
 
 
 def _opt(text: str) -> str:

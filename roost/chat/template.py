@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 from typing import Any
 
 import jinja2
@@ -66,3 +67,9 @@ class ChatTemplate:
             raise
         except jinja2.TemplateError as exc:
             raise TemplateError(f"chat template failed: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=32)
+def compiled(source: str | None, bos_token: str, eos_token: str) -> ChatTemplate:
+    """The compiled template for a model's source and special tokens (compiled once)."""
+    return ChatTemplate(source, bos_token, eos_token)

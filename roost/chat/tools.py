@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import json
 import re
 import secrets
@@ -58,8 +57,6 @@ class ToolCallParser(Protocol):
         of any other function is not a call: its text stays content."""
         ...
 
-    def parse(self, text: str, names: Collection[str] | None = None) -> ParsedOutput: ...
-
 
 # (end of the consumed span, calls found); no calls means "this span is content, skip it".
 Match = tuple[int, list[ToolCall]]
@@ -100,10 +97,6 @@ class MarkerParser:
             pos = find_marker(text, self.start_markers, max(end, pos + 1))
         content.append(text[done:])
         return "".join(content), calls
-
-    def parse(self, text: str, names: Collection[str] | None = None) -> ParsedOutput:
-        content, calls = self.split(text, names)
-        return ParsedOutput(content=content.strip() or None, tool_calls=calls)
 
 
 def _to_call(item: Any, allow_no_args: bool) -> ToolCall | None:
@@ -256,71 +249,3 @@ def parser_for_template(template_source: str | None) -> ToolCallParser:
     source = template_source or ""
     name = next((name for hint, name in TEMPLATE_HINTS if hint in source), FALLBACK_PARSER)
     return PARSERS[name]
-
-
-class StreamState(enum.Enum):
-    CONTENT = "content"  # nothing that could start a call seen yet
-    BUFFERING = "buffering"  # a start marker was seen; everything from it waits for finish()
-
-
-def partial_marker_len(text: str, markers: tuple[str, ...]) -> int:
-    """Length of the longest tail of `text` that is a proper prefix of some marker."""
-    sizes = (
-        size
-        for marker in markers
-        for size in range(min(len(marker) - 1, len(text)), 0, -1)
-        if text.endswith(marker[:size])
-    )
-    return max(sizes, default=0)
-
-
-class ToolCallStream:
-    """Incremental splitter: feed() returns content safe to emit now (never a marker or the start
-    of one); once a start marker is seen everything from it is buffered; finish() parses it.
-    White space before anything else is held too: before a call it is no answer (OpenAI streams
-    no content for a call alone). `names`: the functions on offer (None: any); calls of others
-    stay content."""
-
-    def __init__(self, parser: ToolCallParser, names: Collection[str] | None = None) -> None:
-        self._parser = parser
-        self._names = names
-        self._state = StreamState.CONTENT
-        self._pending = ""
-        self._buffer: list[str] = []
-        self._has_said = False  # whether feed() has returned anything but white space
-
-    @property
-    def is_buffering(self) -> bool:
-        return self._state is StreamState.BUFFERING
-
-    def feed(self, delta: str) -> str:
-        if self._state is StreamState.BUFFERING:
-            self._buffer.append(delta)
-            return ""
-        text = self._pending + delta
-        start = find_marker(text, self._parser.start_markers)
-        if start is not None:
-            self._state = StreamState.BUFFERING
-            self._pending = ""
-            if not self._has_said and not text[:start].strip():
-                self._buffer = [text]  # finish() drops it if only calls follow
-                return ""
-            self._buffer = [text[start:]]
-            self._has_said = True
-            return text[:start]
-        safe = len(text) - partial_marker_len(text, self._parser.start_markers)
-        if not self._has_said and not text[:safe].strip():
-            self._pending = text
-            return ""
-        self._pending = text[safe:]
-        self._has_said = True
-        return text[:safe]
-
-    def finish(self) -> ParsedOutput:
-        """Content is only what feed() did not return, verbatim; None if empty or whitespace."""
-        if self._state is StreamState.BUFFERING:
-            rest, calls = self._parser.split("".join(self._buffer), self._names)
-        else:
-            rest, calls = self._pending, []
-        self._state, self._pending, self._buffer = StreamState.CONTENT, "", []
-        return ParsedOutput(content=rest if rest.strip() else None, tool_calls=calls)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import time
 import weakref
 
 from roost.config import EngineConfig
@@ -13,11 +12,8 @@ from roost.engine.cpu import CpuShare
 from roost.engine.engine import Engine
 from roost.engine.params import SamplingParams
 from roost.engine.sequence import Event, Sequence
+from roost.errors import QueueFull
 from roost.llama.model import LlamaModel
-
-
-class QueueFull(RuntimeError):
-    """More requests are waiting than the engine's queue allows."""
 
 
 class EngineClient:
@@ -34,27 +30,19 @@ class EngineClient:
         self._loop = loop
         self._ids = itertools.count()
         self.num_in_flight = 0
-        self.created = int(time.time())
         self.engine = Engine(config, model, self._on_events, cpu)  # creates a context: off the loop
         self.model = model
         self.max_seq_len = self.engine.max_seq_len  # prompt + output of one request
-
-    @property
-    def max_in_flight(self) -> int:
-        return self.config.parallel + self.config.max_waiting
 
     def _on_events(self, events: list[tuple[Sequence, Event]]) -> None:
         # engine thread: one loop wake-up per step, whatever the number of sequences
         self._loop.call_soon_threadsafe(_deliver, events)
 
-    def submit(self, prompt: list[int], params: SamplingParams) -> RequestStream:
-        """Queue a request now (raising QueueFull at once); iterate the result for events."""
-        return self.submit_group(prompt, [params])[0]
-
     def submit_group(self, prompt: list[int], choices: list[SamplingParams]) -> list[RequestStream]:
-        """One sequence per choice over the same prompt, evaluated once and its KV shared."""
-        if self.num_in_flight + len(choices) > self.max_in_flight:
-            raise QueueFull(f"{self.num_in_flight} requests in flight")
+        """One sequence per choice over the same prompt, evaluated once and its KV shared;
+        queued now or not at all (QueueFull). Iterate each stream for its events."""
+        if self.num_in_flight + len(choices) > self.config.max_in_flight:
+            raise QueueFull()
         streams, seqs = [], []
         for params in choices:
             events: asyncio.Queue[Event] = asyncio.Queue()

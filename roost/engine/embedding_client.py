@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import numpy as np
 
 from roost.config import EngineConfig
-from roost.engine.client import QueueFull
 from roost.engine.cpu import CpuShare
 from roost.engine.embedder import Embedder, EmbeddingJob
+from roost.errors import QueueFull
 from roost.llama.model import LlamaModel
 
 
@@ -31,7 +30,6 @@ class EmbeddingClient:
         self.config = config
         self._loop = loop
         self.num_in_flight = 0
-        self.created = int(time.time())
         self.embedder = Embedder(
             config, model, self._on_done, cpu
         )  # creates a context: off the loop
@@ -39,18 +37,14 @@ class EmbeddingClient:
         self.num_embd = self.embedder.ctx.num_embd
         self.pooling = self.embedder.ctx.pooling
 
-    @property
-    def max_in_flight(self) -> int:
-        return self.config.parallel + self.config.max_waiting
-
     def _on_done(self, jobs: list[EmbeddingJob]) -> None:
         # embedder thread: one loop wake-up per decode, whatever the number of requests in it
         self._loop.call_soon_threadsafe(_resolve, jobs)
 
     async def embed(self, inputs: list[list[int]]) -> np.ndarray:
         """L2-normalised float32 vectors, one row per input (each 1..max_input_len tokens)."""
-        if self.num_in_flight >= self.max_in_flight:
-            raise QueueFull(f"{self.num_in_flight} embedding requests in flight")
+        if self.num_in_flight >= self.config.max_in_flight:
+            raise QueueFull()
         job = EmbeddingJob(inputs, self._loop.create_future())
         self.num_in_flight += 1
         try:

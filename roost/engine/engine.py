@@ -5,19 +5,20 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from roost.config import EngineConfig
 from roost.engine.cpu import CpuShare
 from roost.engine.inbox import STOP, Inbox
-from roost.engine.prefix_cache import SlotTable
+from roost.engine.kv_cache import KVCache
+from roost.engine.params import SamplingParams
 from roost.engine.resources import kv_cells
 from roost.engine.runner import Runner
 from roost.engine.scheduler import Plan, Scheduler
 from roost.engine.sequence import Event, FinishReason, SeqStatus, Sequence
 from roost.llama.context import ContextParams, KVCacheFull, LlamaContext
 from roost.llama.model import LlamaModel
-from roost.llama.sampler import Sampler
+from roost.llama.sampler import Sampler, SamplerSpec
 
 log = logging.getLogger("roost.engine")
 
@@ -60,9 +61,9 @@ class Engine:
         self.num_ctx = self.ctx.num_ctx  # KV cells in all
         # positions past the training context degrade the model: never go there
         self.max_seq_len = min(self.ctx.num_ctx_seq, self.model.num_ctx_train)
-        self.slots = SlotTable(config.parallel, compact=not config.kv_unified)
-        self.scheduler = Scheduler(self.slots, self.num_ctx, self.num_batch)
-        self.runner = Runner(self.ctx, self.num_batch)
+        self.cache = KVCache(config.parallel, compact=not config.kv_unified)
+        self.scheduler = Scheduler(self.cache, self.num_ctx, self.num_batch)
+        self.runner = Runner(self.ctx, self.cache, self.num_batch)
         self._sink = sink
         self._inbox = Inbox()
         self._thread = threading.Thread(
@@ -132,18 +133,31 @@ class Engine:
                 self._sink([(seq, seq.finish(FinishReason.ERROR, [], error=str(exc)))])
 
     def _admit(self, seq: Sequence) -> None:
-        # penalties cover every generated token: the window is the whole context
-        params = seq.params
-        # min_tokens: end tokens are banned until then (lifted in _step); a complete grammar
-        # still ends the output early, since then nothing else may be drawn
-        banned = self.model.eog_ids | params.stop_token_ids if params.min_tokens else frozenset()
-        spec = replace(params.sampler, penalty_last_n=self.max_seq_len, banned=banned)
         try:
-            seq.sampler = Sampler(self.model, spec)
+            seq.sampler = Sampler(self.model, self._sampler_spec(seq.params))
         except Exception as exc:  # a bad sampler fails its request, never the engine
             self._sink([(seq, seq.finish(FinishReason.ERROR, [], error=str(exc)))])
             return
         self.scheduler.add(seq)
+
+    def _sampler_spec(self, params: SamplingParams) -> SamplerSpec:
+        # min_tokens: end tokens are banned until then (lifted in _step); a complete grammar
+        # still ends the output early, since then nothing else may be drawn
+        banned = self.model.eog_ids | params.stop_token_ids if params.min_tokens else frozenset()
+        return SamplerSpec(
+            temperature=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            min_p=params.min_p,
+            seed=params.seed,
+            repetition_penalty=params.repetition_penalty,
+            frequency_penalty=params.frequency_penalty,
+            presence_penalty=params.presence_penalty,
+            penalty_last_n=self.max_seq_len,  # penalties cover every generated token
+            logit_bias=params.logit_bias,
+            grammar=params.grammar,  # type: ignore[arg-type]  # the llama backend's handle
+            banned=banned,
+        )
 
     def _abort(self, request_id: str) -> None:
         seq = self.scheduler.find(request_id)
@@ -178,8 +192,7 @@ class Engine:
         events = []
         for seq in seqs:
             if seq.slot is not None:
-                self.ctx.seq_remove(seq.slot.seq_id)
-                seq.slot.tokens = []
+                self.runner.forget(seq.slot)
             if requeue and seq.num_uncomputed > 0:
                 self.scheduler.remove(seq)
                 seq.num_computed, seq.status = 0, SeqStatus.WAITING

@@ -1,19 +1,35 @@
-"""What the engine needs to generate for one request: nothing HTTP-specific."""
+"""What the engine needs to generate for one request: plain data, nothing HTTP or llama."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from roost.llama.sampler import SamplerSpec
+
+class CompiledGrammar(Protocol):
+    """A constraint the backend has already parsed (llama: a GBNF grammar); each sequence's
+    sampler takes a copy, so a large grammar is parsed once, off the engine thread."""
+
+    def sampler(self) -> object: ...
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Stopping rules for one sequence plus its sampler chain (validated by the API layer)."""
+    """One sequence's sampling and stopping rules (validated by the API layer)."""
 
     max_tokens: int | None = None  # None: until the context is full
     stop: tuple[str, ...] = ()
-    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    # the sampler chain: bias → grammar → penalties → top-k → top-p → min-p → temperature
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: int | None = None  # None: a random seed
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    grammar: CompiledGrammar | None = None  # only text the grammar matches can be sampled
     # vLLM's extras
     stop_token_ids: frozenset[int] = frozenset()
     ignore_eos: bool = False  # end-of-generation tokens do not end the sequence

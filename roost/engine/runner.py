@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from roost.engine.kv_cache import KVCache, Slot
 from roost.engine.logprobs import TokenLogprob, token_logprob
 from roost.engine.scheduler import Chunk, Plan
 from roost.engine.sequence import Sequence
@@ -26,8 +27,9 @@ def _seq_id(chunk: Chunk) -> int:
 class Runner:
     """The only engine part that calls into llama.cpp during a step."""
 
-    def __init__(self, ctx: LlamaContext, num_batch: int) -> None:
+    def __init__(self, ctx: LlamaContext, cache: KVCache, num_batch: int) -> None:
         self.ctx = ctx
+        self.cache = cache  # told of every KV change made here
         self.batch = Batch(num_batch)
         self.num_decoded = 0  # tokens run through llama_decode so far (prompt sharing shows here)
 
@@ -52,7 +54,7 @@ class Runner:
             assert seq.slot is not None
             if seq.needs_prompt_logits:
                 self._prompt_logprobs(chunk, first_row)
-            seq.slot.tokens.extend(seq.tokens[chunk.start : chunk.start + chunk.count])
+            self.cache.extend(seq.slot, seq.tokens[chunk.start : chunk.start + chunk.count])
             seq.num_computed += chunk.count  # the KV now holds these tokens
             if chunk.wants_logits and seq.sampler is not None:
                 last = first_row + chunk.count - 1
@@ -100,12 +102,17 @@ class Runner:
                 continue  # not admitted yet: it will compute the prompt itself
             assert leader.slot is not None
             self.ctx.seq_copy(leader.slot.seq_id, follower.slot.seq_id)
-            follower.slot.tokens = list(leader.slot.tokens)
+            self.cache.copy(leader.slot, follower.slot)
             follower.num_computed = len(follower.slot.tokens)
             follower.prompt_logprobs = leader.prompt_logprobs
             forked.append(follower)
         leader.followers = []
         return forked
+
+    def forget(self, slot: Slot) -> None:
+        """Empty a sequence id's KV (after a failed step its cells are in doubt)."""
+        self.ctx.seq_remove(slot.seq_id)
+        self.cache.trim(slot, 0)
 
     def close(self) -> None:
         self.batch.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from roost.engine.prefix_cache import SlotTable
+from roost.engine.kv_cache import KVCache
 from roost.engine.sequence import SeqStatus, Sequence
 
 # prompt chunks whose every row keeps its logits (echo with logprobs) stay small: llama.cpp
@@ -39,8 +39,8 @@ class Plan:
 class Scheduler:
     """FIFO admission into free sequence ids; decoding tokens first, then prompt chunks."""
 
-    def __init__(self, slots: SlotTable, num_ctx: int, num_batch: int) -> None:
-        self.slots = slots
+    def __init__(self, cache: KVCache, num_ctx: int, num_batch: int) -> None:
+        self.cache = cache
         self.num_ctx = num_ctx
         self.num_batch = num_batch
         self.waiting: deque[Sequence] = deque()
@@ -59,7 +59,7 @@ class Scheduler:
         if seq in self.running:
             self.running.remove(seq)
         if seq.slot is not None:
-            self.slots.release(seq.slot, seq.slot.tokens)
+            self.cache.release(seq.slot)
             seq.slot = None
         seq.unlink_followers()
         seq.leader = None
@@ -73,7 +73,7 @@ class Scheduler:
     def schedule(self) -> Plan:
         plan = Plan()
         self._admit(plan)
-        free = self.num_ctx - self.slots.num_cells_used
+        free = self.num_ctx - self.cache.num_cells_used
         budget = self.num_batch
         # decoding sequences first (1 token each, latency matters), then prompts FCFS
         ordered = sorted(self.running, key=lambda s: s.status is not SeqStatus.DECODE)
@@ -102,7 +102,7 @@ class Scheduler:
                 return  # FIFO: the head waits, and so do those behind it
             # a follower's KV will be the leader's copy; prompt logprobs need every position
             reuse = not (seq.is_waiting_for_leader or seq.needs_prompt_logits)
-            acquired = self.slots.acquire(seq.request_id, seq.tokens, reuse)
+            acquired = self.cache.acquire(seq.request_id, seq.tokens, reuse)
             if acquired is None:
                 return
             self.waiting.popleft()
@@ -123,7 +123,7 @@ class Scheduler:
         sequence would preempt it before its prompt is done, and again at every admission:
         two requests overflowing the cache together took 13x their time alone."""
         # compact slots mean a split cache: every sequence has cells of its own
-        if self.slots.compact or not self.running or seq.is_waiting_for_leader:
+        if self.cache.compact or not self.running or seq.is_waiting_for_leader:
             return True  # (a follower's prompt cells are the leader's, shared)
         held = sum(len(s.slot.tokens) for s in self.running if s.slot is not None)
         return len(seq.tokens) <= self.num_ctx - held - len(self.running)
@@ -131,10 +131,10 @@ class Scheduler:
     def _make_room(self, needed: int, plan: Plan, keep: Sequence, may_preempt: bool) -> int:
         """Free KV cells: drop idle caches (LRU) first, then preempt the newest sequences."""
         freed = 0
-        while freed < needed and (slot := self.slots.evictable()) is not None:
-            freed += len(slot.tokens)
-            slot.tokens = []
-            plan.trims.append((slot.seq_id, 0))
+        while freed < needed and (evicted := self.cache.evict()) is not None:
+            seq_id, num_freed = evicted
+            freed += num_freed
+            plan.trims.append((seq_id, 0))
         planned = {id(chunk.seq) for chunk in plan.chunks}
         victims = [s for s in self.running if s is not keep and id(s) not in planned]
         while may_preempt and freed < needed and victims:
@@ -144,7 +144,7 @@ class Scheduler:
             assert victim.slot is not None
             freed += len(victim.slot.tokens)
             plan.trims.append((victim.slot.seq_id, 0))
-            self.slots.release(victim.slot, [])
+            self.cache.release(victim.slot, keep=False)
             victim.slot = None
             victim.num_computed = 0
             victim.status = SeqStatus.WAITING

@@ -7,9 +7,10 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from roost.engine.kv_cache import Slot
 from roost.engine.logprobs import TokenLogprob
 from roost.engine.params import SamplingParams
-from roost.engine.prefix_cache import Slot
+from roost.engine.stop import StopMatcher
 from roost.llama.sampler import Sampler
 
 
@@ -41,42 +42,6 @@ class Event:
     logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token that has text
     # with the first event of a request that asked for them; the first prompt token has none
     prompt_logprobs: list[TokenLogprob | None] | None = None
-
-
-class StopMatcher:
-    """Finds stop strings in streamed text and holds back any tail that could start one."""
-
-    def __init__(self, stops: tuple[str, ...], keep_stop: bool = False) -> None:
-        self.stops = tuple(s for s in stops if s)
-        self.keep_stop = keep_stop  # emit the matched stop string itself (vLLM's option)
-        self.pending = ""
-        self.is_matched = False
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Returns (text safe to emit, whether a stop string was hit)."""
-        if not self.stops:
-            return text, False
-        buf = self.pending + text
-        hits = [(i, s) for s in self.stops if (i := buf.find(s)) >= 0]
-        if hits:
-            self.pending = ""
-            self.is_matched = True
-            at, stop = min(hits)
-            return buf[: at + len(stop) * self.keep_stop], True
-        hold = max((self._partial(buf, s) for s in self.stops), default=0)
-        self.pending = buf[len(buf) - hold :] if hold else ""
-        return buf[: len(buf) - hold], False
-
-    @staticmethod
-    def _partial(buf: str, stop: str) -> int:
-        for size in range(min(len(stop) - 1, len(buf)), 0, -1):
-            if buf.endswith(stop[:size]):
-                return size
-        return 0
-
-    def flush(self) -> str:
-        text, self.pending = self.pending, ""
-        return text
 
 
 class Sequence:

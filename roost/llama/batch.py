@@ -19,10 +19,6 @@ class Batch:
     def clear(self) -> None:
         self.num_tokens = 0
 
-    @property
-    def free(self) -> int:
-        return self.capacity - self.num_tokens
-
     def add(self, token: int, pos: int, seq_id: int, want_logits: bool) -> int:
         """Append one token; returns its index in the batch (the logits index when wanted)."""
         i = self.num_tokens

@@ -105,7 +105,35 @@ class LlamaContext:
         llama_cpp.llama_memory_seq_cp(self.memory, src, dst, start, end)
 
     def seq_pos_max(self, seq_id: int) -> int:
+        """The last position a sequence holds; -1 when it holds none."""
         return int(llama_cpp.llama_memory_seq_pos_max(self.memory, seq_id))
 
-    def clear(self) -> None:
-        llama_cpp.llama_memory_clear(self.memory, True)
+    # -- per-sequence state, for saving a sequence's KV outside the context -------------------
+
+    def seq_state_size(self, seq_id: int) -> int:
+        """Bytes `seq_state_get` writes for this sequence now."""
+        return int(llama_cpp.llama_state_seq_get_size(self.ptr, seq_id))
+
+    def seq_state_get(self, seq_id: int, buffer: np.ndarray) -> int:
+        """Copy a sequence's KV state into `buffer` (uint8, at least `seq_state_size` long:
+        reuse buffers, a first touch of a large new one costs more than the copy)."""
+        size = self.seq_state_size(seq_id)
+        if buffer.dtype != np.uint8 or buffer.size < size:
+            raise ValueError(f"the buffer needs {size} bytes of uint8")
+        return int(llama_cpp.llama_state_seq_get_data(self.ptr, _bytes_ptr(buffer), size, seq_id))
+
+    def seq_state_set(self, seq_id: int, state: np.ndarray, num_tokens: int) -> None:
+        """Load state saved by `seq_state_get` into an empty sequence; it must then hold
+        exactly `num_tokens` positions, or it is emptied again and an error raised."""
+        read = llama_cpp.llama_state_seq_set_data(self.ptr, _bytes_ptr(state), state.size, seq_id)
+        if read == 0 or self.seq_pos_max(seq_id) != num_tokens - 1:
+            self.seq_remove(seq_id)
+            raise StateMismatch(f"{num_tokens} tokens of state did not load into {seq_id}")
+
+
+class StateMismatch(RuntimeError):
+    """Saved sequence state that this context cannot load as it was (other model or shape)."""
+
+
+def _bytes_ptr(buffer: np.ndarray) -> ctypes._Pointer[ctypes.c_uint8]:
+    return buffer.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))

@@ -138,7 +138,7 @@ def resolve_gpu_layers(setting: int | None) -> int:
         if setting != 0 and not llama_cpp.llama_supports_gpu_offload():
             log.warning(
                 "n_gpu_layers=%d has no effect: this llama.cpp build has no GPU backend "
-                "(see README, Accelerators)",
+                "(see docs/configuration.md, Accelerators)",
                 setting,
             )
         return setting

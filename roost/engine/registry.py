@@ -1,4 +1,4 @@
-"""The served models: one engine client and one chat template per configured model."""
+"""The served models: each loaded once, with its generation engine and its embedder."""
 
 from __future__ import annotations
 
@@ -10,24 +10,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from roost.api.errors import (
-    ContextLengthExceeded,
-    InvalidRequest,
-    ModelNotFound,
-    ServiceUnavailable,
-)
-from roost.chat.constraints import ConstraintKind, output_grammar
-from roost.chat.template import ChatTemplate, TemplateError
-from roost.config import EngineConfig
+from roost.config import EngineConfig, SamplingDefaults
+from roost.engine.backend import Vocabulary
 from roost.engine.client import EngineClient
 from roost.engine.cpu import CpuShare
 from roost.engine.embedding_client import EmbeddingClient
 from roost.engine.resources import OutOfMemory, check_memory, plan_memory, runtime_report
+from roost.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
 from roost.host import available_memory
-from roost.llama.grammar import Grammar, GrammarError
+from roost.llama.grammar import Grammar
 from roost.llama.model import LlamaModel, LoadOptions
 
-log = logging.getLogger("roost.api")
+log = logging.getLogger("roost.engine")
 
 
 class LoadStatus(enum.Enum):
@@ -40,21 +34,31 @@ class LoadStatus(enum.Enum):
 class ServedModel:
     name: str
     model: LlamaModel  # shared by both contexts; freed after them
-    template: ChatTemplate
+    chat_template: str | None  # Jinja source: the config's, else the GGUF's (None: neither)
     engine: EngineClient | None = None  # None: the model serves embeddings only
     embedder: EmbeddingClient | None = None  # None: embeddings are off for this model
     created: int = field(default_factory=lambda: int(time.time()))
     runtime: dict[str, Any] = field(default_factory=dict)  # what it runs on (GET /v1/models)
+    defaults: SamplingDefaults = field(default_factory=SamplingDefaults)  # for unset fields
+
+    @property
+    def vocab(self) -> Vocabulary:
+        """The model's tokens, all the layers above the engine may use of it."""
+        return self.model
 
     @property
     def client(self) -> EngineClient:
         """The generation engine; a 400 naming `model` when the model serves embeddings only."""
+        self.check_generates()
+        assert self.engine is not None
+        return self.engine
+
+    def check_generates(self) -> None:
         if self.engine is None:
             raise InvalidRequest(
                 f"The model '{self.name}' serves embeddings only: use /v1/embeddings",
                 param="model",
             )
-        return self.engine
 
     @property
     def embedding_client(self) -> EmbeddingClient:
@@ -77,49 +81,10 @@ class ServedModel:
             return self.embedding_client.max_input_len
         return self.engine.max_seq_len
 
-    def chat_tokens(self, messages: list[dict[str, Any]], **extra: Any) -> list[int]:
-        try:
-            text = self.template.render(messages, **extra)
-        except TemplateError as exc:
-            raise InvalidRequest(str(exc), param="messages") from exc
-        model = self.model
-        # a template that writes the BOS text itself must not get a second one
-        add_bos = model.adds_bos and not (
-            self.template.bos_token and text.startswith(self.template.bos_token)
-        )
-        return model.tokenize(text, add_special=add_bos, parse_special=True)
-
-    def text_tokens(self, text: str) -> list[int]:
-        return self.model.tokenize(text, add_special=True, parse_special=True)
-
-    def output_grammar(self, constraint: tuple[ConstraintKind, Any, str] | None) -> Grammar | None:
-        """The grammar for a request's output constraint, parsed by llama.cpp (400 if not)."""
-        if constraint is None:
-            return None
-        kind, value, param = constraint
-        try:
-            return Grammar(self.model, output_grammar(kind, value))
-        except GrammarError as exc:
-            raise InvalidRequest(f"{exc}; this constraint is not supported", param=param) from exc
-
-    def check_tokens(self, tokens: list[int], param: str) -> None:
-        num_vocab = self.model.num_vocab
-        if not tokens:
-            raise InvalidRequest("the prompt is empty", param=param)
-        if any(not 0 <= t < num_vocab for t in tokens):
-            raise InvalidRequest(f"token ids must be in [0, {num_vocab})", param=param)
-
-    def max_new_tokens(self, num_prompt: int, requested: int | None, param: str) -> int | None:
-        """Validate the request's length against the context; None means 'until it is full'."""
-        total = num_prompt + (requested or 1)
-        if total > self.max_seq_len:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {self.max_seq_len} tokens. However, you "
-                f"requested {total} tokens ({num_prompt} in the prompt, {requested or 1} for the "
-                "completion). Please reduce the prompt or the completion length.",
-                param=param,
-            )
-        return requested
+    def compile_grammar(self, text: str) -> Grammar:
+        """Parse a GBNF grammar (GrammarError if llama.cpp rejects it); slow for a large one,
+        so call it off the event loop."""
+        return Grammar(self.model, text)
 
 
 class ModelRegistry:
@@ -186,13 +151,15 @@ def _load_model(config: EngineConfig, loop: asyncio.AbstractEventLoop) -> Served
         memory = plan_memory(config, model)
         check_memory(config, memory, available)
         cpu = CpuShare(config.threads)  # the generation and embedding contexts share it
-        served = ServedModel(config.name, model, _template(model, config))
+        served = ServedModel(config.name, model, config.chat_template or model.chat_template())
         if config.generate:
             served.engine = EngineClient(config, served.model, loop, cpu)
         if config.embeddings:
             served.embedder = EmbeddingClient(config, served.model, loop, cpu)
         max_seq_len = served.engine.max_seq_len if served.engine else None
         served.runtime = runtime_report(config, model, memory, max_seq_len)
+        served.defaults = config.defaults
+        served.runtime["defaults"] = config.defaults.model_dump(exclude_none=True)
     except BaseException:
         if served is None:
             model.close()
@@ -234,9 +201,3 @@ def _close(served: ServedModel) -> None:
     stopped = [client.close() for client in (served.engine, served.embedder) if client]
     if all(stopped):
         served.model.close()
-
-
-def _template(model: LlamaModel, config: EngineConfig) -> ChatTemplate:
-    bos = model.token_text(model.bos_id) if model.bos_id >= 0 else ""
-    eos = model.token_text(model.eos_id) if model.eos_id >= 0 else ""
-    return ChatTemplate(config.chat_template or model.chat_template(), bos, eos)

@@ -1,8 +1,11 @@
-"""Which llama.cpp sequence id holds which tokens, and for whom (no llama calls here)."""
+"""The one owner of every sequence id's cached tokens: which tokens each holds, for whom.
+
+Nothing else writes a slot's tokens. The KV cells themselves change in the runner, which
+executes what this bookkeeping decided (no llama calls here)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 _BLOCK = 256
 MIN_COPY_GAIN = 16  # compact mode: copy another slot's prefix only if it saves this many tokens
@@ -23,14 +26,21 @@ def common_prefix_len(a: list[int], b: list[int]) -> int:
     return i
 
 
-@dataclass
 class Slot:
-    """One sequence id of the context. `tokens` is exactly what its KV cells hold."""
+    """One sequence id of the context. `tokens` is exactly what its KV cells hold: read it,
+    never write it (KVCache does)."""
 
-    seq_id: int
-    tokens: list[int] = field(default_factory=list)
-    owner: str | None = None  # request id while in use
-    last_used: int = 0
+    __slots__ = ("_tokens", "last_used", "owner", "seq_id")
+
+    def __init__(self, seq_id: int) -> None:
+        self.seq_id = seq_id
+        self._tokens: list[int] = []
+        self.owner: str | None = None  # request id while in use
+        self.last_used = 0
+
+    @property
+    def tokens(self) -> list[int]:
+        return self._tokens
 
     @property
     def is_idle(self) -> bool:
@@ -44,8 +54,9 @@ class Acquired:
     copy_from: Slot | None = None  # copy this idle slot's whole KV into `slot` first
 
 
-class SlotTable:
-    """Hands out sequence ids, reusing the idle cache that shares the longest prefix.
+class KVCache:
+    """Hands out sequence ids, reusing the idle cache that shares the longest prefix, and
+    records every change to what each id caches: acquire, extend, trim, copy, release, evict.
 
     `compact` (a split KV cache, one stream per sequence): llama.cpp attends over every stream
     from the lowest to the highest sequence id in a batch, so 4 sequences on ids 0, 5, 9, 14
@@ -61,9 +72,6 @@ class SlotTable:
     @property
     def num_cells_used(self) -> int:
         return sum(len(slot.tokens) for slot in self.slots)
-
-    def has_idle(self) -> bool:
-        return any(slot.is_idle for slot in self.slots)
 
     def acquire(self, owner: str, tokens: list[int], reuse: bool = True) -> Acquired | None:
         """Claim an idle slot and say how many leading tokens of its KV the request keeps.
@@ -92,24 +100,43 @@ class SlotTable:
         # a copy moves the whole stream (5-12 ms here): only for a real gain over the slot's own
         if best_len - own_len < MIN_COPY_GAIN:
             return self._claim(slot, owner, own_len)
-        slot.tokens = best.tokens
+        self.copy(best, slot)
         return self._claim(slot, owner, best_len, copy_from=best)
 
     def _claim(
         self, slot: Slot, owner: str, num_reused: int, copy_from: Slot | None = None
     ) -> Acquired:
         slot.owner = owner
-        slot.tokens = slot.tokens[:num_reused]
+        self.trim(slot, num_reused)
         return Acquired(slot, num_reused, copy_from)
 
-    def release(self, slot: Slot, kept: list[int]) -> None:
-        """Return a slot; `kept` is what stays cached in its KV for later prefix reuse."""
+    def extend(self, slot: Slot, tokens: list[int]) -> None:
+        """The KV now also holds `tokens`, after the ones it held."""
+        slot._tokens.extend(tokens)
+
+    def trim(self, slot: Slot, keep: int) -> None:
+        """The KV keeps only its first `keep` tokens."""
+        del slot._tokens[keep:]
+
+    def copy(self, src: Slot, dst: Slot) -> None:
+        """`dst` now holds a copy of `src`'s whole KV."""
+        dst._tokens = list(src._tokens)
+
+    def release(self, slot: Slot, keep: bool = True) -> None:
+        """Return a slot; with `keep`, its tokens stay cached for later prefix reuse."""
         self._clock += 1
         slot.owner = None
-        slot.tokens = kept
+        if not keep:
+            self.trim(slot, 0)
         slot.last_used = self._clock
 
-    def evictable(self) -> Slot | None:
-        """The least recently used idle slot that still caches tokens."""
+    def evict(self) -> tuple[int, int] | None:
+        """Empty the least recently used idle slot that still caches tokens: (its sequence
+        id, the tokens it held), or None if no idle slot caches any."""
         cached = [slot for slot in self.slots if slot.is_idle and slot.tokens]
-        return min(cached, key=lambda s: s.last_used, default=None)
+        slot = min(cached, key=lambda s: s.last_used, default=None)
+        if slot is None:
+            return None
+        num_freed = len(slot.tokens)
+        self.trim(slot, 0)
+        return slot.seq_id, num_freed

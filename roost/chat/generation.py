@@ -1,0 +1,61 @@
+"""Prompts into a model's engine, events back: n choices per prompt, all queued or none."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from roost.engine.client import RequestStream
+from roost.engine.params import SamplingParams
+from roost.engine.registry import ServedModel
+from roost.engine.sequence import Event, FinishReason
+from roost.errors import EngineFailure, InvalidRequest, QueueFull
+
+
+def choice_params(params: SamplingParams, n: int) -> list[SamplingParams]:
+    """n choices of one prompt; with a seed, choice j draws with seed + j (distinct, repeatable)."""
+    if params.seed is None:
+        return [params] * n
+    return [replace(params, seed=params.seed + j) for j in range(n)]
+
+
+def submit_all(
+    served: ServedModel, prompts: list[list[int]], params: SamplingParams, n: int = 1
+) -> list[RequestStream]:
+    """Queue n choices per prompt (stream i * n + j); all or none (a full queue cancels all)."""
+    capacity = served.client.config.max_in_flight
+    if len(prompts) * n > capacity:  # could never be queued: retrying a 503 would not help
+        raise InvalidRequest(
+            f"{len(prompts)} prompt(s) x {n} choices need {len(prompts) * n} sequences; this "
+            f"model holds at most {capacity} at once (parallel + max_waiting)",
+            param="n",
+        )
+    streams: list[RequestStream] = []
+    try:
+        for prompt in prompts:
+            streams += served.client.submit_group(prompt, choice_params(params, n))
+    except QueueFull:
+        for stream in streams:
+            stream.cancel()
+        raise
+    return streams
+
+
+def check_event(event: Event) -> None:
+    """An event that reports a failed generation becomes a typed error."""
+    if event.finish_reason is FinishReason.ERROR:
+        raise EngineFailure(f"generation failed: {event.error or 'engine error'}")
+
+
+@dataclass
+class TokenCounts:
+    """Tokens a request used, summed over its choices and rounds (OpenAI's `usage`)."""
+
+    prompt: int = 0
+    completion: int = 0
+    cached: int = 0  # prompt tokens served from the prefix cache
+
+    def add(self, event: Event) -> None:
+        """Count a finished sequence (its final event)."""
+        self.prompt += event.num_prompt_tokens
+        self.completion += event.num_output_tokens
+        self.cached += event.num_cached_tokens
