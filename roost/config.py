@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,6 +59,30 @@ class SamplingDefaults(BaseModel):
         """These values, and `fallback`'s where these are unset."""
         mine = self.model_dump(exclude_none=True)
         return SamplingDefaults(**{**fallback.model_dump(exclude_none=True), **mine})
+
+
+def default_sessions_dir() -> Path:
+    """$XDG_CACHE_HOME/roost/sessions (~/.cache/roost/sessions)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "roost" / "sessions"
+
+
+class SessionSettings(BaseModel):
+    """Saved conversation state beyond the running sequences (0 bytes turns a tier off)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ram_bytes: int | None = Field(
+        default=None, ge=0, description="RAM tier budget; default a quarter of available memory"
+    )
+    disk_bytes: int = Field(default=8 * 2**30, ge=0, description="disk tier budget")
+    dir: Path = Field(default_factory=default_sessions_dir, description="disk tier directory")
+    sync: Literal["turn", "evict"] = Field(
+        default="turn",
+        description="turn: a named session is written to disk after every answer (a crash "
+        "loses nothing answered); evict: only when it leaves RAM and at shutdown",
+    )
+    min_tokens: int = Field(default=16, ge=1, description="shorter states are not kept")
 
 
 class ModelConfig(BaseModel):
@@ -194,6 +219,7 @@ class Settings(BaseSettings):
         default_factory=SamplingDefaults,
         description="sampling values for requests that leave them unset (a model's own win)",
     )
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
     models: list[ModelConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

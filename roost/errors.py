@@ -11,6 +11,7 @@ class ErrorKind(enum.Enum):
     INVALID = "invalid"  # the request: 400
     NOT_FOUND = "not_found"  # 404
     UNAUTHORIZED = "unauthorized"  # 401
+    CONFLICT = "conflict"  # another request holds what this one needs: 409
     UNAVAILABLE = "unavailable"  # the server, for now: 503 with Retry-After
     DISCONNECTED = "disconnected"  # the client left: nobody reads the answer
     INTERNAL = "internal"  # the server: 500
@@ -60,6 +61,20 @@ class QueueFull(ServiceUnavailable):
     def __init__(self) -> None:
         super().__init__(
             "The server is busy: too many requests are waiting. Retry shortly.", "queue_full"
+        )
+
+
+class SessionBusy(RoostError):
+    """Another request is answering in this session right now."""
+
+    kind = ErrorKind.CONFLICT
+    code = "session_busy"
+
+    def __init__(self, param: str) -> None:
+        super().__init__(
+            "Another request is using this session: one request per session at a time. "
+            "Retry when it has finished.",
+            param=param,
         )
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,7 +47,11 @@ class Server:
         return httpx.Client(base_url=self.base_url, timeout=120, headers=headers)
 
 
-def start_server(*flags: str, api_key: str | None = None) -> Iterator[Server]:
+def start_server(
+    *flags: str, api_key: str | None = None, sessions: dict[str, object] | None = None
+) -> Iterator[Server]:
+    """A roost server on a free port; its saved sessions go to a directory of its own unless
+    `sessions` (the `sessions:` settings) says otherwise."""
     port = free_port()
     cmd = [
         sys.executable,
@@ -62,7 +68,8 @@ def start_server(*flags: str, api_key: str | None = None) -> Iterator[Server]:
     ]
     if api_key:
         cmd += ["--api-key", api_key]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    sessions = sessions or {"dir": tempfile.mkdtemp(prefix="roost-sessions-")}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "ROOST_SESSIONS": json.dumps(sessions)}
     process = subprocess.Popen(cmd, cwd=ROOT, env=env)
     server = Server(f"http://127.0.0.1:{port}", process, api_key)
     try:

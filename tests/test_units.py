@@ -262,6 +262,33 @@ def test_compact_kv_cache_runs_on_the_lowest_id_and_copies_the_prefix() -> None:
     assert small.num_reused == 3
 
 
+def test_a_shared_system_prompt_alone_does_not_displace_a_conversation() -> None:
+    table = KVCache(2)
+    system, conversation = list(range(20)), list(range(1000, 2000))
+    held = table.slots[0]
+    table.extend(held, [*system, *conversation])
+    # a new conversation keeps only 20 of the 1,020 tokens: it takes the empty slot
+    new = table.acquire("a", [*system, 5, 6, 7])
+    assert new is not None and new.slot is not held and not new.is_hit
+    table.release(new.slot)
+    # the returning conversation finds its slot: a hit
+    back = table.acquire("b", [*system, *conversation, 8, 9, 10])
+    assert back is not None and back.slot is held and back.is_hit and back.num_reused == 1020
+
+
+def test_a_copied_session_lives_in_one_slot_only() -> None:
+    from roost.engine.sessions import SessionKey
+
+    table = KVCache(4, compact=True)
+    key = SessionKey("", "chat")
+    held = table.slots[2]  # where an earlier turn of the session ran
+    table.extend(held, list(range(30)))
+    held.session = key
+    later = table.acquire("c", list(range(40)), session=key)
+    assert later is not None and later.copy_from is held and later.slot.seq_id == 0
+    assert [slot.seq_id for slot in table.slots if slot.session == key] == [later.slot.seq_id]
+
+
 def _computed(cache: KVCache, plan: Plan) -> None:
     """What the runner and engine do after a decode, minus the model: one token per logits row."""
     for chunk in plan.chunks:

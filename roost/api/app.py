@@ -12,6 +12,7 @@ from roost import __version__
 from roost.api.auth import APIKeyGuard
 from roost.api.errors import install_handlers
 from roost.api.routes import root, v1
+from roost.api.sessions import router as sessions
 from roost.chat.server_tools import load_server_tool
 from roost.config import Settings
 from roost.engine.registry import ModelRegistry
@@ -19,7 +20,7 @@ from roost.engine.registry import ModelRegistry
 
 def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
     """The app; `on_fatal` is told when the models can never load (the server should stop)."""
-    registry = ModelRegistry(settings.resolved_models())
+    registry = ModelRegistry(settings.resolved_models(), settings.sessions)
     server_tools = {tool.name: tool for tool in map(load_server_tool, settings.tools)}
 
     @contextlib.asynccontextmanager
@@ -43,4 +44,5 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
     install_handlers(app)
     app.include_router(root)
     app.include_router(v1)
+    app.include_router(sessions)
     return app

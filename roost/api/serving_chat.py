@@ -27,6 +27,7 @@ from roost.api.protocol.chat import (
     ServerToolCall,
     ToolCallOut,
 )
+from roost.api.sessions import session_of
 from roost.api.streaming import DONE, sse, stream_response, until_disconnect
 from roost.chat.tools import ToolCall
 from roost.chat.turn import Piece, Turn, collect_all, start_turn
@@ -43,7 +44,9 @@ async def create_chat_completion(
     settings = request.app.state.settings
     turn = await start_turn(
         served,
-        body.to_chat_request(served.vocab.num_vocab, served.defaults),
+        body.to_chat_request(
+            served.vocab.num_vocab, served.defaults, session_of(request, body.user)
+        ),
         request.app.state.server_tools,
         settings.tool_timeout,
         settings.tool_max_rounds,

@@ -17,6 +17,7 @@ from roost.api.protocol.completions import (
     CompletionLogprobs,
     CompletionRequest,
 )
+from roost.api.sessions import session_of
 from roost.api.streaming import (
     DONE,
     ChoiceResult,
@@ -81,7 +82,8 @@ async def create_completion(
         body.to_sampling_params(served.vocab.num_vocab, served.defaults), grammar=grammar
     )
     num_candidates = body.num_candidates()
-    streams = submit_all(served, [p.tokens for p in prompts], params, num_candidates)
+    session = session_of(request, body.user)
+    streams = await submit_all(served, [p.tokens for p in prompts], params, num_candidates, session)
     writer = _Writer(body, served.vocab, prompts, new_id("cmpl"), int(time.time()))
     if body.stream:
         return stream_response(streams, lambda: writer.chunks(streams))

@@ -8,7 +8,8 @@ from roost.engine.client import RequestStream
 from roost.engine.params import SamplingParams
 from roost.engine.registry import ServedModel
 from roost.engine.sequence import Event, FinishReason
-from roost.errors import EngineFailure, InvalidRequest, QueueFull
+from roost.engine.sessions import SessionRef
+from roost.errors import EngineFailure, InvalidRequest, QueueFull, SessionBusy
 
 
 def choice_params(params: SamplingParams, n: int) -> list[SamplingParams]:
@@ -18,10 +19,17 @@ def choice_params(params: SamplingParams, n: int) -> list[SamplingParams]:
     return [replace(params, seed=params.seed + j) for j in range(n)]
 
 
-def submit_all(
-    served: ServedModel, prompts: list[list[int]], params: SamplingParams, n: int = 1
+async def submit_all(
+    served: ServedModel,
+    prompts: list[list[int]],
+    params: SamplingParams,
+    n: int = 1,
+    session: SessionRef | None = None,
 ) -> list[RequestStream]:
-    """Queue n choices per prompt (stream i * n + j); all or none (a full queue cancels all)."""
+    """Queue n choices per prompt (stream i * n + j); all or none (a full queue cancels all).
+    A named session applies to a single prompt (of several, none resumes it)."""
+    session = session or SessionRef()
+    key = session.key if len(prompts) == 1 else None
     capacity = served.client.config.max_in_flight
     if len(prompts) * n > capacity:  # could never be queued: retrying a 503 would not help
         raise InvalidRequest(
@@ -29,11 +37,15 @@ def submit_all(
             f"model holds at most {capacity} at once (parallel + max_waiting)",
             param="n",
         )
+    client = served.client
+    if len(prompts) == 1:
+        await client.prepare(key, session.tenant, prompts[0])
     streams: list[RequestStream] = []
     try:
         for prompt in prompts:
-            streams += served.client.submit_group(prompt, choice_params(params, n))
-    except QueueFull:
+            choices = choice_params(params, n)
+            streams += client.submit_group(prompt, choices, key, session.tenant, session.param)
+    except (QueueFull, SessionBusy):
         for stream in streams:
             stream.cancel()
         raise

@@ -21,6 +21,7 @@ from roost.engine.client import RequestStream
 from roost.engine.logprobs import TokenLogprob
 from roost.engine.params import CompiledGrammar, SamplingParams
 from roost.engine.registry import ServedModel
+from roost.engine.sessions import SessionRef
 from roost.engine.stop import held_tail_len
 from roost.errors import InvalidRequest
 from roost.streams import cancel_and_wait
@@ -38,6 +39,7 @@ class ChatRequest:
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
     parallel_tool_calls: bool = True
     constraint: Constraint | None = None  # response_format / guided_*
+    session: SessionRef = field(default_factory=SessionRef)
 
 
 @dataclass
@@ -109,7 +111,10 @@ async def start_turn(
     turn = Turn(served, request, plan, tool_timeout, max_rounds, grammar)
     # n choices share the prompt's evaluation
     first_rounds = await _start_rounds(turn, request.messages, 0, request.n)
-    turn.answers = [_answer(turn, request.messages, first) for first in first_rounds]
+    turn.answers = [
+        _answer(turn, request.messages, first, is_first=j == 0)
+        for j, first in enumerate(first_rounds)
+    ]
     return turn
 
 
@@ -132,7 +137,7 @@ class Round:
 
 
 async def _start_rounds(
-    turn: Turn, messages: list[dict[str, Any]], round_no: int, n: int = 1
+    turn: Turn, messages: list[dict[str, Any]], round_no: int, n: int = 1, in_session: bool = True
 ) -> list[Round]:
     served, plan, params = turn.served, turn.plan, turn.request.params
     prompt = await _prompt(turn, messages)
@@ -140,7 +145,10 @@ async def _start_rounds(
     max_new_tokens(served, len(prompt), turn.request.max_tokens, "messages")
     # a forced tool_choice applies to the model's first answer, not to what follows tool results
     grammar = plan.forced_grammar if plan and round_no == 0 else turn.output_grammar
-    streams = submit_all(served, [prompt], replace(params, grammar=grammar), n)
+    params = replace(params, grammar=grammar)
+    # a session keeps the first choice's state: the other choices' later rounds are anonymous
+    session = turn.request.session if in_session else replace(turn.request.session, key=None)
+    streams = await submit_all(served, [prompt], params, n, session)
     if plan is None:
         return [Round(stream, None) for stream in streams]
     # a call of a function nobody offered is not one the client could run: it stays content
@@ -172,13 +180,13 @@ class HeldLogprobs:
 
 
 async def _answer(
-    turn: Turn, messages: list[dict[str, Any]], current: Round
+    turn: Turn, messages: list[dict[str, Any]], current: Round, is_first: bool = True
 ) -> AsyncIterator[Piece]:
     """Generate, run server tools the model calls, and generate again, up to max_rounds."""
     plan = turn.plan
     for round_no in range(turn.max_rounds + 1):
         if round_no:
-            [current] = await _start_rounds(turn, messages, round_no)
+            [current] = await _start_rounds(turn, messages, round_no, in_session=is_first)
         finish, splitter, said = "stop", current.splitter, ""
         held = HeldLogprobs()
         try:

@@ -10,9 +10,11 @@ import weakref
 from roost.config import EngineConfig
 from roost.engine.cpu import CpuShare
 from roost.engine.engine import Engine
+from roost.engine.kv_cache import common_prefix_len
 from roost.engine.params import SamplingParams
 from roost.engine.sequence import Event, Sequence
-from roost.errors import QueueFull
+from roost.engine.sessions import ModelSessions, SessionKey
+from roost.errors import QueueFull, SessionBusy
 from roost.llama.model import LlamaModel
 
 
@@ -25,12 +27,16 @@ class EngineClient:
         model: LlamaModel,
         loop: asyncio.AbstractEventLoop,
         cpu: CpuShare | None = None,
+        sessions: ModelSessions | None = None,
     ) -> None:
         self.config = config
         self._loop = loop
         self._ids = itertools.count()
         self.num_in_flight = 0
-        self.engine = Engine(config, model, self._on_events, cpu)  # creates a context: off the loop
+        self.sessions = sessions
+        self._busy: dict[str, SessionKey] = {}  # request id → the session it is answering in
+        # creates a context: off the loop
+        self.engine = Engine(config, model, self._on_events, cpu, sessions)
         self.model = model
         self.max_seq_len = self.engine.max_seq_len  # prompt + output of one request
 
@@ -38,19 +44,48 @@ class EngineClient:
         # engine thread: one loop wake-up per step, whatever the number of sequences
         self._loop.call_soon_threadsafe(_deliver, events)
 
-    def submit_group(self, prompt: list[int], choices: list[SamplingParams]) -> list[RequestStream]:
+    async def prepare(self, session: SessionKey | None, tenant: str, prompt: list[int]) -> None:
+        """Bring the state this prompt would resume from into RAM if it is only on disk (in a
+        worker thread: the engine thread never waits for the disk)."""
+        if self.sessions is None:
+            return
+        saved = self.sessions.find(session, tenant, prompt)
+        if saved is None or saved.state is not None:
+            return
+        if common_prefix_len(saved.tokens, prompt) >= self.sessions.min_tokens:
+            await asyncio.to_thread(self.sessions.store.load, self.sessions.model, saved)
+
+    def submit_group(
+        self,
+        prompt: list[int],
+        choices: list[SamplingParams],
+        session: SessionKey | None = None,
+        tenant: str = "",
+        session_param: str = "user",
+    ) -> list[RequestStream]:
         """One sequence per choice over the same prompt, evaluated once and its KV shared;
-        queued now or not at all (QueueFull). Iterate each stream for its events."""
+        queued now or not at all (QueueFull; SessionBusy). Iterate each stream for its events.
+        With a session, the first choice's state is the one the session keeps."""
         if self.num_in_flight + len(choices) > self.config.max_in_flight:
             raise QueueFull()
+        if session is not None and self.is_busy(session):
+            raise SessionBusy(session_param)
         streams, seqs = [], []
-        for params in choices:
+        for i, params in enumerate(choices):
             events: asyncio.Queue[Event] = asyncio.Queue()
             seq = Sequence(
-                f"req-{next(self._ids)}", prompt, params, events.put_nowait, self.max_seq_len
+                f"req-{next(self._ids)}",
+                prompt,
+                params,
+                events.put_nowait,
+                self.max_seq_len,
+                session if i == 0 else None,
+                tenant,
             )
             seqs.append(seq)
             streams.append(RequestStream(self, seq.request_id, events))
+        if session is not None:
+            self._busy[seqs[0].request_id] = session
         leader, followers = seqs[0], seqs[1:]
         leader.followers = followers
         for follower in followers:
@@ -59,8 +94,13 @@ class EngineClient:
         self.engine.submit(seqs)
         return streams
 
+    def is_busy(self, session: SessionKey) -> bool:
+        """A request is answering in this session now."""
+        return session in self._busy.values()
+
     def _done(self, request_id: str, is_finished: bool) -> None:
         self.num_in_flight -= 1
+        self._busy.pop(request_id, None)
         if not is_finished:
             self.engine.abort(request_id)
 
@@ -92,6 +132,8 @@ class RequestStream:
             raise StopAsyncIteration
         event = await self._events.get()
         if event.finish_reason is not None:
+            if event.durable is not None:  # sync: turn — answered only once written
+                await asyncio.wrap_future(event.durable)
             self._close(is_finished=True)
         return event
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 
 from roost.config import EngineConfig
 from roost.engine.cpu import CpuShare
@@ -16,6 +17,7 @@ from roost.engine.resources import kv_cells
 from roost.engine.runner import Runner
 from roost.engine.scheduler import Plan, Scheduler
 from roost.engine.sequence import Event, FinishReason, SeqStatus, Sequence
+from roost.engine.sessions import ModelSessions, SessionKey, anonymous
 from roost.llama.context import ContextParams, KVCacheFull, LlamaContext
 from roost.llama.model import LlamaModel
 from roost.llama.sampler import Sampler, SamplerSpec
@@ -32,6 +34,12 @@ class _Abort:
     request_id: str
 
 
+@dataclass(frozen=True)
+class _Forget:
+    session: SessionKey  # deleted: its hot copy goes too
+    done: Future[None] = field(default_factory=Future)
+
+
 class Engine:
     """One model, one context, one thread. Other threads talk to it only through `submit`."""
 
@@ -41,8 +49,10 @@ class Engine:
         model: LlamaModel,
         sink: EventSink,
         cpu: CpuShare | None = None,
+        sessions: ModelSessions | None = None,
     ) -> None:
         self.config = config
+        self.sessions = sessions
         self.model = model  # shared with the embedding context: its loader frees it
         self.num_batch = config.batch_size
         self.cpu = cpu or CpuShare(config.threads)
@@ -62,8 +72,8 @@ class Engine:
         # positions past the training context degrade the model: never go there
         self.max_seq_len = min(self.ctx.num_ctx_seq, self.model.num_ctx_train)
         self.cache = KVCache(config.parallel, compact=not config.kv_unified)
-        self.scheduler = Scheduler(self.cache, self.num_ctx, self.num_batch)
-        self.runner = Runner(self.ctx, self.cache, self.num_batch)
+        self.scheduler = Scheduler(self.cache, self.num_ctx, self.num_batch, sessions)
+        self.runner = Runner(self.ctx, self.cache, self.num_batch, sessions)
         self._sink = sink
         self._inbox = Inbox()
         self._thread = threading.Thread(
@@ -80,6 +90,12 @@ class Engine:
     def abort(self, request_id: str) -> None:
         self._inbox.put(_Abort(request_id))
 
+    def forget(self, session: SessionKey) -> Future[None]:
+        """Drop the session's hot copy; the future resolves once the engine thread has."""
+        message = _Forget(session)
+        self._inbox.put(message)
+        return message.done
+
     def close(self, timeout: float = 30) -> bool:
         self._inbox.put(STOP)
         self._thread.join(timeout)
@@ -88,6 +104,7 @@ class Engine:
                 "engine %s did not stop within %s s: its context stays", self.config.name, timeout
             )
             return False
+        self._save_hot()
         self.runner.close()
         self.ctx.close()
         return True
@@ -117,8 +134,29 @@ class Engine:
                 log.exception("engine step failed")
                 self._reset(_planned(plan), requeue=False, error=str(exc) or type(exc).__name__)
 
+    def _save_hot(self) -> None:
+        """At shutdown (the thread has stopped): every cached sequence goes to the store."""
+        if self.sessions is None:
+            return
+        for slot in self.cache.slots:
+            if len(slot.tokens) >= self.sessions.min_tokens and not slot.is_saved:
+                key = slot.session or anonymous(slot.tenant, slot.tokens)
+                try:
+                    self.runner.save(slot.seq_id, key, list(slot.tokens))
+                except Exception:
+                    log.exception("saving sequence %d at shutdown failed", slot.seq_id)
+
     def _apply(self, item: object) -> None:
         # one bad message must not end the engine thread, nor leave its request waiting
+        if isinstance(item, _Forget):
+            try:
+                for seq_id in self.cache.forget_session(item.session):
+                    self.ctx.seq_remove(seq_id)
+                if self.sessions is not None:  # saved meanwhile by a step: gone too
+                    self.sessions.store.drop(self.sessions.model, item.session)
+            finally:
+                item.done.set_result(None)
+            return
         if isinstance(item, _Abort):
             try:
                 self._abort(item.request_id)
@@ -174,12 +212,29 @@ class Engine:
             if seq.sampler is not None and seq.num_output >= seq.params.min_tokens:
                 seq.sampler.lift_ban()
             if seq.status is SeqStatus.FINISHED:
+                event.durable = self._keep_turn(seq)
                 self._release(seq)
             else:
                 seq.status = SeqStatus.DECODE
             events.append((seq, event))
         if events:
             self._sink(events)
+
+    def _keep_turn(self, seq: Sequence) -> Future[None] | None:
+        """sync: turn — a named session's state goes to disk after every answer; the answer's
+        last event waits for the write, so a crash loses nothing already answered."""
+        sessions, slot = self.sessions, seq.slot
+        if sessions is None or seq.session is None or slot is None:
+            return None
+        if not sessions.sync_every_turn or len(slot.tokens) < sessions.min_tokens:
+            return None
+        try:
+            written = self.runner.save(slot.seq_id, seq.session, list(slot.tokens), sync=True)
+        except Exception:  # the answer stands; only its saved copy is missing
+            log.exception("saving session state of %s failed", seq.request_id)
+            return None
+        self.cache.saved(slot)
+        return written
 
     def _release(self, seq: Sequence) -> None:
         self.scheduler.remove(seq)

@@ -10,16 +10,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from roost.config import EngineConfig, SamplingDefaults
+from roost.config import EngineConfig, SamplingDefaults, SessionSettings
+from roost.engine import session_files
 from roost.engine.backend import Vocabulary
 from roost.engine.client import EngineClient
 from roost.engine.cpu import CpuShare
 from roost.engine.embedding_client import EmbeddingClient
 from roost.engine.resources import OutOfMemory, check_memory, plan_memory, runtime_report
+from roost.engine.sessions import ModelSessions, SessionBudgets, SessionStore
 from roost.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
 from roost.host import available_memory
 from roost.llama.grammar import Grammar
 from roost.llama.model import LlamaModel, LoadOptions
+from roost.llama.system import runtime_version
 
 log = logging.getLogger("roost.engine")
 
@@ -90,8 +93,12 @@ class ServedModel:
 class ModelRegistry:
     """Loads models in the background; `get` answers 503 until they are ready."""
 
-    def __init__(self, configs: list[EngineConfig]) -> None:
+    def __init__(
+        self, configs: list[EngineConfig], sessions: SessionSettings | None = None
+    ) -> None:
         self.configs = configs
+        self.session_settings = sessions or SessionSettings(ram_bytes=0, disk_bytes=0)
+        self.sessions: SessionStore | None = None  # saved states; None: sessions are off
         self.models: dict[str, ServedModel] = {}
         self.failures: dict[str, str] = {}  # model name → why it did not load
         self.status = LoadStatus.LOADING
@@ -100,9 +107,10 @@ class ModelRegistry:
         """Load every model; one that fails is reported and the others serve. A configuration
         that cannot fit in memory calls `on_fatal` instead."""
         loop = asyncio.get_running_loop()
+        self.sessions = await asyncio.to_thread(_session_store, self.session_settings)
         for config in self.configs:
             try:
-                served = await asyncio.to_thread(_load_model, config, loop)
+                served = await asyncio.to_thread(_load_model, config, loop, self.sessions)
             except OutOfMemory as exc:
                 log.error("%s", exc)
                 self.status = LoadStatus.FAILED
@@ -137,12 +145,57 @@ class ModelRegistry:
         )
 
     def close(self) -> None:
-        for served in self.models.values():
+        for served in self.models.values():  # an engine saves its cached sequences as it stops
             _close(served)
         self.models.clear()
+        if self.sessions is not None:
+            self.sessions.close()  # RAM states to disk
 
 
-def _load_model(config: EngineConfig, loop: asyncio.AbstractEventLoop) -> ServedModel:
+RAM_TIER_FALLBACK = 2 * 2**30
+
+
+def _session_store(settings: SessionSettings) -> SessionStore | None:
+    """The store the settings ask for (blocking: it creates its directory)."""
+    ram = settings.ram_bytes
+    if ram is None:  # a quarter of the memory free at start (2 GiB where it cannot be read)
+        memory = available_memory()
+        ram = memory // 4 if memory is not None else RAM_TIER_FALLBACK
+    disk = settings.disk_bytes
+    if disk:
+        try:
+            session_files.prepare_dir(settings.dir)
+        except (OSError, session_files.SessionFileError) as exc:
+            log.error("sessions: the disk tier is off, %s is not usable (%s)", settings.dir, exc)
+            disk = 0
+    if not (ram or disk):
+        return None
+    budgets = SessionBudgets(ram, disk, settings.dir, settings.sync == "turn", settings.min_tokens)
+    log.info(
+        "sessions: RAM tier %.0f MiB, disk tier %.0f MiB in %s, sync %s",
+        ram / 2**20,
+        disk / 2**20,
+        settings.dir,
+        settings.sync,
+    )
+    return SessionStore(budgets)
+
+
+def _identity(config: EngineConfig, model: LlamaModel) -> dict[str, Any]:
+    """What a saved state's file must say to be loaded into this model's context."""
+    return {
+        "format": session_files.FORMAT_VERSION,
+        "model": model.fingerprint(),
+        "llama_cpp_python": runtime_version(),
+        "kv_type": "f16",
+        "flash_attn": config.flash_attn,
+        "kv_unified": config.kv_unified,
+    }
+
+
+def _load_model(
+    config: EngineConfig, loop: asyncio.AbstractEventLoop, store: SessionStore | None = None
+) -> ServedModel:
     """Load the GGUF once, then the contexts it serves (blocking: run it off the loop)."""
     available = available_memory()  # before the weights: loading takes some of it
     model = LlamaModel(config.path, LoadOptions(config.repack, config.n_gpu_layers))
@@ -153,7 +206,11 @@ def _load_model(config: EngineConfig, loop: asyncio.AbstractEventLoop) -> Served
         cpu = CpuShare(config.threads)  # the generation and embedding contexts share it
         served = ServedModel(config.name, model, config.chat_template or model.chat_template())
         if config.generate:
-            served.engine = EngineClient(config, served.model, loop, cpu)
+            sessions = None
+            if store is not None:
+                store.add_model(config.name, _identity(config, model))
+                sessions = ModelSessions(store, config.name)
+            served.engine = EngineClient(config, served.model, loop, cpu, sessions)
         if config.embeddings:
             served.embedder = EmbeddingClient(config, served.model, loop, cpu)
         max_seq_len = served.engine.max_seq_len if served.engine else None

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+from concurrent.futures import Future
 from dataclasses import dataclass
+
+import numpy as np
 
 from roost.engine.kv_cache import KVCache, Slot
 from roost.engine.logprobs import TokenLogprob, token_logprob
-from roost.engine.scheduler import Chunk, Plan
+from roost.engine.scheduler import Chunk, Plan, Restore
 from roost.engine.sequence import Sequence
+from roost.engine.sessions import ModelSessions, SessionKey
 from roost.llama.batch import Batch
-from roost.llama.context import LlamaContext
+from roost.llama.context import LlamaContext, StateMismatch
+
+log = logging.getLogger("roost.engine")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,18 +34,29 @@ def _seq_id(chunk: Chunk) -> int:
 class Runner:
     """The only engine part that calls into llama.cpp during a step."""
 
-    def __init__(self, ctx: LlamaContext, cache: KVCache, num_batch: int) -> None:
+    def __init__(
+        self,
+        ctx: LlamaContext,
+        cache: KVCache,
+        num_batch: int,
+        sessions: ModelSessions | None = None,
+    ) -> None:
         self.ctx = ctx
         self.cache = cache  # told of every KV change made here
+        self.sessions = sessions
         self.batch = Batch(num_batch)
         self.num_decoded = 0  # tokens run through llama_decode so far (prompt sharing shows here)
 
     def execute(self, plan: Plan) -> list[Sample]:
         """Run one step; returns what every sequence that reached its end of batch sampled."""
+        for save in plan.saves:  # before anything else touches the cells
+            self.save(save.seq_id, save.key, save.tokens)
         for src, dst in plan.copies:  # before any trim: a source may be trimmed in this step
             self.ctx.seq_copy(src, dst)
         for seq_id, keep in plan.trims:
             self.ctx.seq_remove(seq_id, keep, -1)
+        for restore in plan.restores:
+            self._restore(restore)
         if not plan.chunks:
             return []
         # in sequence-id order: llama.cpp decodes a batch whose sequences are out of order
@@ -108,6 +126,33 @@ class Runner:
             forked.append(follower)
         leader.followers = []
         return forked
+
+    def save(
+        self, seq_id: int, key: SessionKey, tokens: list[int], sync: bool = False
+    ) -> Future[None] | None:
+        """Copy a sequence's state (it holds `tokens`) into the session store; with `sync`
+        also to disk (the future resolves once written)."""
+        assert self.sessions is not None
+        state = np.empty(self.ctx.seq_state_size(seq_id), np.uint8)
+        self.ctx.seq_state_get(seq_id, state)
+        return self.sessions.put(key, tokens, state, sync)
+
+    def _restore(self, restore: Restore) -> None:
+        seq = restore.seq
+        seq.is_restoring = False
+        slot = seq.slot
+        assert slot is not None
+        self.ctx.seq_remove(slot.seq_id)
+        try:
+            self.ctx.seq_state_set(slot.seq_id, restore.state, len(restore.tokens))
+        except StateMismatch as exc:  # computed instead: a session never fails a request
+            log.warning("request %s: saved state not restored (%s)", seq.request_id, exc)
+            self.cache.trim(slot, 0)
+            seq.num_computed = seq.num_cached = 0
+            return
+        self.cache.restored(slot, restore.tokens)
+        self.ctx.seq_remove(slot.seq_id, restore.keep, -1)
+        self.cache.trim(slot, restore.keep)
 
     def forget(self, slot: Slot) -> None:
         """Empty a sequence id's KV (after a failed step its cells are in doubt)."""

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from roost.engine.kv_cache import KVCache
+import numpy as np
+
+from roost.engine.kv_cache import MIN_RECOMPUTED, Displaced, KVCache, common_prefix_len
 from roost.engine.sequence import SeqStatus, Sequence
+from roost.engine.sessions import ModelSessions, SessionKey, Tier, anonymous
 
 # prompt chunks whose every row keeps its logits (echo with logprobs) stay small: llama.cpp
 # sizes its output buffer to the largest such batch (rows times vocabulary floats)
@@ -26,21 +29,49 @@ class Chunk:
         return self.start + self.count == len(self.seq.tokens)
 
 
+@dataclass(frozen=True)
+class Save:
+    """Copy a sequence id's state to the session store before its cells are reused."""
+
+    seq_id: int
+    key: SessionKey
+    tokens: list[int]
+
+
+@dataclass(frozen=True)
+class Restore:
+    """Load a saved state into a sequence's slot, then keep its first `keep` tokens."""
+
+    seq: Sequence
+    tokens: list[int]
+    state: np.ndarray
+    keep: int
+
+
 @dataclass
 class Plan:
-    """One step: whole-sequence KV copies (src, dst), then KV trims (seq_id, keep), then one
-    decode over the chunks."""
+    """One step: saves, whole-sequence KV copies (src, dst), KV trims (seq_id, keep),
+    restores, then one decode over the chunks."""
 
+    saves: list[Save] = field(default_factory=list)
     copies: list[tuple[int, int]] = field(default_factory=list)
     trims: list[tuple[int, int]] = field(default_factory=list)
+    restores: list[Restore] = field(default_factory=list)
     chunks: list[Chunk] = field(default_factory=list)
 
 
 class Scheduler:
     """FIFO admission into free sequence ids; decoding tokens first, then prompt chunks."""
 
-    def __init__(self, cache: KVCache, num_ctx: int, num_batch: int) -> None:
+    def __init__(
+        self,
+        cache: KVCache,
+        num_ctx: int,
+        num_batch: int,
+        sessions: ModelSessions | None = None,
+    ) -> None:
         self.cache = cache
+        self.sessions = sessions  # saved states beyond the context; None: none kept
         self.num_ctx = num_ctx
         self.num_batch = num_batch
         self.waiting: deque[Sequence] = deque()
@@ -78,8 +109,8 @@ class Scheduler:
         # decoding sequences first (1 token each, latency matters), then prompts FCFS
         ordered = sorted(self.running, key=lambda s: s.status is not SeqStatus.DECODE)
         for seq in ordered:
-            if seq.slot is None or budget == 0 or seq.is_waiting_for_leader:
-                continue  # preempted earlier in this loop, the batch is full, or n > 1
+            if seq.slot is None or budget == 0 or seq.is_waiting_for_leader or seq.is_restoring:
+                continue  # preempted earlier, the batch is full, n > 1, or loading its state
             want = min(seq.num_uncomputed, budget)
             if seq.needs_prompt_logits:
                 want = min(want, PROMPT_LOGITS_CHUNK)
@@ -102,20 +133,53 @@ class Scheduler:
                 return  # FIFO: the head waits, and so do those behind it
             # a follower's KV will be the leader's copy; prompt logprobs need every position
             reuse = not (seq.is_waiting_for_leader or seq.needs_prompt_logits)
-            acquired = self.cache.acquire(seq.request_id, seq.tokens, reuse)
+            acquired = self.cache.acquire(
+                seq.request_id, seq.tokens, reuse, seq.tenant, seq.session
+            )
             if acquired is None:
                 return
             self.waiting.popleft()
             seq.slot = acquired.slot
             seq.num_computed = acquired.num_reused
+            if acquired.displaced is not None:
+                self._save(plan, acquired.slot.seq_id, acquired.displaced)
+            if reuse:
+                self._resume(plan, seq, is_hot=acquired.is_hit)
             if not seq.is_admitted_once:
-                seq.num_cached = acquired.num_reused
+                seq.num_cached = seq.num_computed  # from the slot's cache or a saved state
                 seq.is_admitted_once = True
             seq.status = SeqStatus.PREFILL if seq.num_uncomputed > 1 else SeqStatus.DECODE
             if acquired.copy_from is not None:
                 plan.copies.append((acquired.copy_from.seq_id, acquired.slot.seq_id))
             plan.trims.append((acquired.slot.seq_id, acquired.num_reused))
             self.running.append(seq)
+
+    def _save(self, plan: Plan, seq_id: int, content: Displaced) -> None:
+        """Keep what a slot held in the session store, if it is worth keeping."""
+        if self.sessions is None or len(content.tokens) < self.sessions.min_tokens:
+            return
+        key = content.session or anonymous(content.tenant, content.tokens)
+        plan.saves.append(Save(seq_id, key, content.tokens))
+
+    def _resume(self, plan: Plan, seq: Sequence, is_hot: bool) -> None:
+        """Restore a saved state when it holds more of the prompt than the slot does."""
+        if self.sessions is None:
+            return
+        saved = self.sessions.find(seq.session, seq.tenant, seq.tokens)
+        state = saved.state if saved is not None else None
+        if saved is None or state is None:
+            self.sessions.count(Tier.HOT if is_hot else None)
+            return
+        usable = len(seq.tokens) - MIN_RECOMPUTED
+        keep = max(0, min(common_prefix_len(saved.tokens, seq.tokens), usable))
+        if keep - seq.num_computed < self.sessions.min_tokens:  # not worth a restore
+            self.sessions.count(Tier.HOT if is_hot else None)
+            return
+        plan.restores.append(Restore(seq, saved.tokens, state, keep))
+        self.sessions.count(Tier.DISK if saved.was_on_disk else Tier.RAM)
+        self.sessions.used(saved)
+        seq.num_computed = keep
+        seq.is_restoring = True
 
     def _has_room_for(self, seq: Sequence) -> bool:
         """Unified cache: start a sequence only if all its tokens fit beside the running ones
@@ -132,7 +196,9 @@ class Scheduler:
         """Free KV cells: drop idle caches (LRU) first, then preempt the newest sequences."""
         freed = 0
         while freed < needed and (evicted := self.cache.evict()) is not None:
-            seq_id, num_freed = evicted
+            seq_id, num_freed, displaced = evicted
+            if displaced is not None:
+                self._save(plan, seq_id, displaced)
             freed += num_freed
             plan.trims.append((seq_id, 0))
         planned = {id(chunk.seq) for chunk in plan.chunks}
@@ -143,6 +209,12 @@ class Scheduler:
             self.running.remove(victim)
             assert victim.slot is not None
             freed += len(victim.slot.tokens)
+            # swapped out: its state is saved, and restored when it is admitted again
+            self._save(
+                plan,
+                victim.slot.seq_id,
+                Displaced(list(victim.slot.tokens), victim.tenant, victim.session),
+            )
             plan.trims.append((victim.slot.seq_id, 0))
             self.cache.release(victim.slot, keep=False)
             victim.slot = None

@@ -5,11 +5,13 @@ from __future__ import annotations
 import codecs
 import enum
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from roost.engine.kv_cache import Slot
 from roost.engine.logprobs import TokenLogprob
 from roost.engine.params import SamplingParams
+from roost.engine.sessions import SessionKey
 from roost.engine.stop import StopMatcher
 from roost.llama.sampler import Sampler
 
@@ -42,6 +44,7 @@ class Event:
     logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token that has text
     # with the first event of a request that asked for them; the first prompt token has none
     prompt_logprobs: list[TokenLogprob | None] | None = None
+    durable: Future[None] | None = None  # a last event waits for its session's disk write
 
 
 class Sequence:
@@ -54,8 +57,12 @@ class Sequence:
         params: SamplingParams,
         emit: Callable[[Event], None],
         max_total: int,
+        session: SessionKey | None = None,
+        tenant: str = "",
     ) -> None:
         self.request_id = request_id
+        self.session = session  # the named session it resumes and updates
+        self.tenant = tenant  # who sent it: only this owner's cached state is reused
         self.params = params
         self.emit = emit
         self.tokens: list[int] = list(prompt)
@@ -66,6 +73,7 @@ class Sequence:
         self.num_computed = 0  # tokens of `tokens` already in the KV cache
         self.num_cached = 0  # prompt tokens reused from the prefix cache at first admission
         self.is_admitted_once = False
+        self.is_restoring = False  # this step loads a saved state into its slot
         self.sampler: Sampler | None = None
         self.stop = StopMatcher(params.stop, params.include_stop_str_in_output)
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -129,6 +130,24 @@ class LlamaModel:
         buf = ctypes.create_string_buffer(256)
         size = llama_cpp.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
         return None if size < 0 else buf.value.decode("utf-8", errors="replace")
+
+    def fingerprint(self) -> str:
+        """Identifies this model file for saved state: its size and mtime, and a hash of its
+        GGUF metadata (every key and value) with its parameter count, size and description.
+        Hashing the tensors themselves would read gigabytes at every start; the metadata and
+        shapes tell models apart, and size plus mtime catch a file rewritten in place."""
+        info = self.path.stat()
+        digest = hashlib.sha256(f"{info.st_size}:{info.st_mtime_ns}".encode())
+        key, value = ctypes.create_string_buffer(256), ctypes.create_string_buffer(4096)
+        for i in range(llama_cpp.llama_model_meta_count(self.ptr)):
+            llama_cpp.llama_model_meta_key_by_index(self.ptr, i, key, len(key))
+            llama_cpp.llama_model_meta_val_str_by_index(self.ptr, i, value, len(value))
+            digest.update(key.value + b"=" + value.value + b"\n")
+        desc = ctypes.create_string_buffer(256)
+        llama_cpp.llama_model_desc(self.ptr, desc, len(desc))
+        params = llama_cpp.llama_model_n_params(self.ptr)
+        digest.update(f"{params}:{self.num_bytes}:".encode() + desc.value)
+        return digest.hexdigest()
 
     def kv_bytes_per_token(self) -> int:
         """KV cache bytes one token takes in every layer (f16 keys and values)."""

@@ -159,3 +159,8 @@ def backend_devices() -> list[Device]:
             )
         )
     return devices
+
+
+def runtime_version() -> str:
+    """llama-cpp-python's version (saved state is only loaded by the version that wrote it)."""
+    return str(llama_cpp.__version__)

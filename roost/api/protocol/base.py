@@ -80,6 +80,7 @@ class SamplingRequest(Request):
     guided_choice: list[str] | None = Field(default=None, min_length=1)
     guided_regex: str | None = None
     guided_grammar: str | None = None
+    user: str | None = None  # names a session to resume (X-Session-ID wins)
     # vLLM's sampling extras
     ignore_eos: bool = False
     min_tokens: int = Field(default=0, ge=0)

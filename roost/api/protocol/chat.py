@@ -12,6 +12,7 @@ from roost.chat.constraints import ToolSpec
 from roost.chat.tool_plan import ToolChoice
 from roost.chat.turn import ChatRequest
 from roost.config import SamplingDefaults
+from roost.engine.sessions import SessionRef
 from roost.errors import InvalidRequest
 
 
@@ -143,7 +144,9 @@ class ChatCompletionRequest(SamplingRequest):
                     param=f"messages[{i}].tool_call_id",
                 )
 
-    def to_chat_request(self, num_vocab: int, defaults: SamplingDefaults) -> ChatRequest:
+    def to_chat_request(
+        self, num_vocab: int, defaults: SamplingDefaults, session: SessionRef
+    ) -> ChatRequest:
         """What chat/ needs to answer this request, every field checked."""
         self.check_supported()
         self.check_tool_messages()
@@ -165,6 +168,7 @@ class ChatCompletionRequest(SamplingRequest):
             tool_choice,
             self.parallel_tool_calls,
             constraint,
+            session,
         )
 
     def template_messages(self) -> list[dict[str, Any]]:
