@@ -463,6 +463,19 @@ def print_table(run: Run, plan: Plan, args: argparse.Namespace) -> None:
             b = median_ms(phase_replies(run, "cpp", phase))
             cells.append(fmt(ratio(a, b), ".2f") + "x")
         print("| " + " | ".join(cells) + " |")
+    # the tail of a response: its last tokens, and with sync `turn` roost's write of the state
+    tails = {
+        s: [r.total_s - r.ttft_s for r in run.replies if r.server == s and r.ttft_s is not None]
+        for s in servers
+    }
+    print(
+        "\nfirst token to end of response, p50 ms (roost with sync "
+        + f"`{args.sync}`): "
+        + ", ".join(
+            f"{SERVER_NAMES[s]} {fmt(statistics.median(t) * 1000 if t else None, '.0f')}"
+            for s, t in tails.items()
+        )
+    )
     failures = {s: sum(r.error is not None for r in run.replies if r.server == s) for s in servers}
     print(
         "\nfailed requests: "

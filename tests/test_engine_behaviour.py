@@ -145,6 +145,9 @@ def test_unified_cache_preempts_and_still_delivers_everything(
     for reason, usage in results:
         assert reason == "length"
         assert usage is not None and usage.completion_tokens == 200
+    # a preempted request was swapped out to the RAM tier and restored, not computed again
+    with unified_small.http() as http:
+        assert http.get("/v1/sessions").json()["hits"]["ram"] >= 1
 
 
 def test_per_request_context_is_the_cache_share(client: openai.OpenAI) -> None:

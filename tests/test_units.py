@@ -398,3 +398,25 @@ def test_a_misspelt_sampling_default_is_refused() -> None:
         load_settings(models=[{"name": "a", "defaults": {"temprature": 0.5}}])
     with pytest.raises(ValueError, match="top_p"):
         load_settings(defaults={"top_p": 3})
+
+
+def test_one_owners_saved_states_are_invisible_to_another(tmp_path: Path) -> None:
+    import numpy as np
+
+    from roost.engine.sessions import SessionBudgets, SessionKey, SessionStore, anonymous
+
+    store = SessionStore(SessionBudgets(10**6, 0, tmp_path, False))
+    try:
+        tokens = list(range(100))
+        state = np.zeros(1000, np.uint8)
+        store.put("m", SessionKey("alice", "chat"), tokens, state)
+        store.put("m", anonymous("alice", tokens), tokens, state.copy())
+        # bob names the same session, or sends the same prompt: he finds nothing of alice's
+        assert store.find("m", SessionKey("bob", "chat"), "bob", tokens) is None
+        assert store.find("m", None, "bob", [*tokens, 7]) is None
+        assert store.entries("bob") == []
+        assert not store.drop("m", SessionKey("bob", "chat"))
+        assert store.find("m", SessionKey("alice", "chat"), "alice", tokens) is not None
+        assert store.find("m", None, "alice", [*tokens, 7]) is not None
+    finally:
+        store.close()
