@@ -64,7 +64,7 @@ class FileHeader:
 
 def prepare_dir(path: Path) -> Path:
     """Create the directory with mode 0700 (a session holds conversation state); refuse a
-    symlink or a directory anyone else may write."""
+    symlink or a non-directory, and make one that others may write private again."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = path.lstat()
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
