@@ -148,6 +148,9 @@ def running_server(name: str, args: argparse.Namespace, log_dir: Path) -> Iterat
     base_url = f"http://127.0.0.1:{port}"
     log_path = log_dir / f"{name}.log"
     env = {**os.environ, "GGML_NO_BACKTRACE": "1", "PYTHONUNBUFFERED": "1"}
+    # roost's session RAM tier stays as users get it; its disk tier (touched only at shutdown
+    # here) is off, so that a benchmark leaves nothing in ~/.cache (bench_sessions sets its own)
+    env.setdefault("ROOST_SESSIONS", json.dumps({"disk_bytes": 0}))
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             COMMANDS[name](args, port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT

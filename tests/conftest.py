@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -68,7 +69,8 @@ def start_server(
     ]
     if api_key:
         cmd += ["--api-key", api_key]
-    sessions = sessions or {"dir": tempfile.mkdtemp(prefix="roost-sessions-")}
+    own_dir = None if sessions else tempfile.mkdtemp(prefix="roost-sessions-")
+    sessions = sessions or {"dir": own_dir}
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "ROOST_SESSIONS": json.dumps(sessions)}
     process = subprocess.Popen(cmd, cwd=ROOT, env=env)
     server = Server(f"http://127.0.0.1:{port}", process, api_key)
@@ -92,6 +94,9 @@ def start_server(
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
 
 
 def start_config_server(

@@ -171,12 +171,9 @@ def _session_store(settings: SessionSettings) -> SessionStore | None:
     if not (ram or disk):
         return None
     budgets = SessionBudgets(ram, disk, settings.dir, settings.sync == "turn", settings.min_tokens)
+    disk_tier = f"{disk / 2**20:.0f} MiB in {settings.dir}" if disk else "off"
     log.info(
-        "sessions: RAM tier %.0f MiB, disk tier %.0f MiB in %s, sync %s",
-        ram / 2**20,
-        disk / 2**20,
-        settings.dir,
-        settings.sync,
+        "sessions: RAM tier %.0f MiB, disk tier %s, sync %s", ram / 2**20, disk_tier, settings.sync
     )
     return SessionStore(budgets)
 
