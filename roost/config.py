@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -17,6 +19,7 @@ from pydantic_settings import (
 
 from roost.host import available_cpus
 
+log = logging.getLogger("roost.config")
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # tokens each sequence gets when ctx_size is not set (never more than the training context)
@@ -87,6 +90,8 @@ class SessionSettings(BaseModel):
 
 class ModelConfig(BaseModel):
     """One served model; unset engine fields fall back to the server-wide values."""
+
+    model_config = ConfigDict(extra="forbid")  # `pth:` must not serve the embedded model
 
     name: str
     path: Path | None = None  # None: the embedded default model
@@ -282,7 +287,41 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
                 sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
             return tuple(sources)
 
-    if config_file is not None and not Path(config_file).is_file():
-        raise FileNotFoundError(f"config file not found: {config_file}")
+    if config_file is not None:
+        _check_file_keys(Path(config_file))
+    _warn_unknown_env()
     values = {key: value for key, value in overrides.items() if value is not None}
-    return _FileSettings(**values)
+    try:
+        return _FileSettings(**values)
+    except ValidationError as exc:  # say where to look: the file, the environment or a flag
+        where = f"{config_file}, ROOST_* or the flags" if config_file else "ROOST_* or the flags"
+        raise ValueError(f"invalid settings in {where}: {exc}") from None
+
+
+def _check_file_keys(config_file: Path) -> None:
+    """A misspelt top-level key is an error naming it and the file, not a silent default."""
+    if not config_file.is_file():
+        raise FileNotFoundError(f"config file not found: {config_file}")
+    try:
+        data = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{config_file}: not valid YAML: {exc}") from None
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise ValueError(f"{config_file}: expected a mapping of settings at the top level")
+    unknown = sorted(str(key) for key in data if key not in Settings.model_fields)
+    if unknown:
+        raise ValueError(
+            f"{config_file}: unknown setting {', '.join(map(repr, unknown))} "
+            f"(known: {', '.join(sorted(Settings.model_fields))})"
+        )
+
+
+def _warn_unknown_env() -> None:
+    """An unknown ROOST_* variable is most likely a misspelt setting: say so (a warning, as the
+    environment may hold variables meant for another version)."""
+    known = {f"ROOST_{name.upper()}" for name in Settings.model_fields}
+    for key in sorted(os.environ):
+        if key.upper().startswith("ROOST_") and key.upper() not in known:
+            log.warning("ignoring %s: roost has no such setting", key)

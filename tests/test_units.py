@@ -420,3 +420,36 @@ def test_one_owners_saved_states_are_invisible_to_another(tmp_path: Path) -> Non
         assert store.find("m", None, "alice", [*tokens, 7]) is not None
     finally:
         store.close()
+
+
+def test_a_misspelt_setting_in_the_file_is_an_error_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from roost.cli import main
+
+    config = tmp_path / "roost.yaml"
+    config.write_text("prallel: 8\n")
+    with pytest.raises(ValueError, match=r"roost\.yaml: unknown setting 'prallel'"):
+        load_settings(config)
+    # `pth` for `path` would otherwise serve the embedded model under that entry's name
+    config.write_text("models:\n  - {name: mine, pth: /models/x.gguf}\n")
+    with pytest.raises(ValueError, match=r"(?s)roost\.yaml.*models\.0\.pth"):
+        load_settings(config)
+    config.write_text("- just a list\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_settings(config)
+    assert main(["models", "--config", str(config)]) == 2  # the CLI's exit, not a traceback
+    assert "mapping" in capsys.readouterr().err
+
+
+def test_an_unknown_roost_variable_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("ROOST_PARALEL", "8")
+    monkeypatch.setenv("ROOST_PARALLEL", "3")
+    with caplog.at_level("WARNING", logger="roost.config"):
+        settings = load_settings()
+    assert settings.parallel == 3
+    assert [r.getMessage() for r in caplog.records] == [
+        "ignoring ROOST_PARALEL: roost has no such setting"
+    ]
