@@ -220,6 +220,12 @@ class Settings(BaseSettings):
     tool_max_rounds: int = Field(
         default=4, ge=1, le=16, description="server tool rounds per request"
     )
+    max_body_bytes: int = Field(
+        default=16 * 2**20,
+        ge=1024,
+        description="largest request body; a larger one is a 413 before it is read (the default "
+        "holds 2,048 embedding inputs of 2,048 tokens)",
+    )
     defaults: SamplingDefaults = Field(
         default_factory=SamplingDefaults,
         description="sampling values for requests that leave them unset (a model's own win)",

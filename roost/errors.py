@@ -12,6 +12,7 @@ class ErrorKind(enum.Enum):
     NOT_FOUND = "not_found"  # 404
     UNAUTHORIZED = "unauthorized"  # 401
     CONFLICT = "conflict"  # another request holds what this one needs: 409
+    TOO_LARGE = "too_large"  # the request body: 413
     UNAVAILABLE = "unavailable"  # the server, for now: 503 with Retry-After
     DISCONNECTED = "disconnected"  # the client left: nobody reads the answer
     INTERNAL = "internal"  # the server: 500

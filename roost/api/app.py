@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from roost import __version__
 from roost.api.auth import APIKeyGuard
 from roost.api.errors import install_handlers
+from roost.api.limits import BodySizeLimit
 from roost.api.routes import root, v1
 from roost.api.sessions import router as sessions
 from roost.chat.server_tools import load_server_tool
@@ -40,7 +41,8 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
     app.state.settings = settings
     app.state.server_tools = server_tools
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
-    app.add_middleware(APIKeyGuard, api_key=api_key)
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    app.add_middleware(APIKeyGuard, api_key=api_key)  # added last: runs first
     install_handlers(app)
     app.include_router(root)
     app.include_router(v1)

@@ -21,6 +21,7 @@ _STATUS = {
     ErrorKind.NOT_FOUND: (404, "invalid_request_error"),
     ErrorKind.UNAUTHORIZED: (401, "invalid_request_error"),
     ErrorKind.CONFLICT: (409, "invalid_request_error"),
+    ErrorKind.TOO_LARGE: (413, "invalid_request_error"),
     ErrorKind.UNAVAILABLE: (503, "server_error"),
     ErrorKind.DISCONNECTED: (499, "invalid_request_error"),
     ErrorKind.INTERNAL: (500, "server_error"),
