@@ -453,3 +453,16 @@ def test_an_unknown_roost_variable_is_a_warning(
     assert [r.getMessage() for r in caplog.records] == [
         "ignoring ROOST_PARALEL: roost has no such setting"
     ]
+
+
+def test_the_openapi_schema_declares_every_path_parameter() -> None:
+    import re
+
+    from roost.api.app import create_app
+
+    schema = create_app(load_settings()).openapi()
+    for path, operations in schema["paths"].items():
+        named = set(re.findall(r"{(\w+)}", path))
+        for method, operation in operations.items():
+            declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
+            assert declared == named, (method, path)

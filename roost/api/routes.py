@@ -56,9 +56,9 @@ async def list_models(registry: Registry) -> ModelList:
 
 
 @v1.get("/models/{model_id:path}")
-async def get_model(request: Request, registry: Registry) -> ModelCard:
-    # the id is read from the path itself: the route's `$` also matches before a final
-    # newline, and the matched parameter would drop it ("id\n" answered as "id")
+async def get_model(model_id: str, request: Request, registry: Registry) -> ModelCard:
+    # declared for the OpenAPI schema, but read from the path itself: the route's `$` also
+    # matches before a final newline, and the parameter would drop it ("id\n" answered as "id")
     model_id = request.scope["path"].removeprefix("/v1/models/")
     registry.get(model_id)
     return _card(registry, model_id)
