@@ -291,3 +291,23 @@ def test_health_is_503_loading_until_models_are_ready() -> None:
     )
     assert busy.status_code == 503
     assert busy.json()["error"]["code"] == "model_loading"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "limit"),
+    [  # OpenAI's limits for tools and logit_bias; a history longer than any context
+        ("messages", [{"role": "user", "content": "x"}] * 4097, 4096),
+        ("tools", [{"type": "function", "function": {"name": f"f{i}"}} for i in range(129)], 128),
+        ("logit_bias", {str(i): 1 for i in range(301)}, 300),
+        ("stop", [str(i) for i in range(17)], 16),
+    ],
+)
+def test_counts_over_a_limit_are_400_naming_it(
+    server: Server, field: str, value: object, limit: int
+) -> None:
+    body = {"model": MODEL, "messages": HELLO, field: value}
+    with server.http() as http:
+        resp = http.post("/v1/chat/completions", json=body)
+    assert resp.status_code == 400, resp.text
+    error = _error(resp)
+    assert error["param"] == field and f"at most {limit}" in error["message"], error

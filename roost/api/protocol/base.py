@@ -19,6 +19,7 @@ from roost.errors import InvalidRequest
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 MAX_STOPS = 16
+MAX_LOGIT_BIAS = 300  # entries: OpenAI's limit
 
 
 def new_id(prefix: str) -> str:
@@ -72,7 +73,9 @@ class SamplingRequest(Request):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        default=None, max_length=MAX_LOGIT_BIAS
+    )
     n: int = Field(default=1, ge=1, le=128)
     response_format: ResponseFormat | None = None
     # vLLM's structured-output extras

@@ -15,6 +15,9 @@ from roost.config import SamplingDefaults
 from roost.engine.sessions import SessionRef
 from roost.errors import InvalidRequest
 
+MAX_MESSAGES = 4096  # a history longer than any context; the body limit bounds the rest
+MAX_TOOLS = 128  # OpenAI's limit
+
 
 class TextPart(Request):
     type: Literal["text"]
@@ -95,11 +98,11 @@ class NamedToolChoice(Request):
 
 
 class ChatCompletionRequest(SamplingRequest):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    tools: list[ToolDefinition] | None = None
+    tools: list[ToolDefinition] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
 
