@@ -15,7 +15,7 @@ def test_health_reports_status_and_models(server: Server) -> None:
     with server.http() as http:
         body = http.get("/health").json()
     assert body["status"] == "ok"
-    assert body["generation_status"] in ("idle", "generating")
+    assert body["generation_status"] in ("idle", "generating")  # other tests' streams may end
     assert body["models"] == [MODEL]
     assert body["tools_loaded"] == []
 

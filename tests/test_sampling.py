@@ -171,6 +171,19 @@ def test_top_p_and_min_p_accepted_and_reproducible(client: openai.OpenAI) -> Non
     assert a == b
 
 
+@pytest.mark.parametrize("cut", [{"top_p": 1e-9}, {"extra_body": {"min_p": 1.0}}])
+def test_top_p_and_min_p_take_effect(
+    client: openai.OpenAI, eog_bias: dict[str, int], cut: dict[str, object]
+) -> None:
+    # each keeps only the most likely token: at temperature 2 every seed then says exactly
+    # what greedy decoding says (ignored, 30 tokens at temperature 2 would wander off it)
+    args = {"max_tokens": 30, "logit_bias": eog_bias}
+    greedy = _chat(client, temperature=0, **args).choices[0].message.content
+    for seed in (1, 2):
+        hot = _chat(client, temperature=2.0, seed=seed, **args, **cut).choices[0].message.content
+        assert hot == greedy
+
+
 def _stream_text(client: openai.OpenAI, prompt: str, **kwargs: object) -> list[str]:
     chunks = client.completions.create(
         model=MODEL,
