@@ -220,6 +220,11 @@ class Settings(BaseSettings):
     tool_max_rounds: int = Field(
         default=4, ge=1, le=16, description="server tool rounds per request"
     )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="browser origins allowed to call the API (CORS), such as "
+        "'http://localhost:3000'; '*' allows any; none by default",
+    )
     max_body_bytes: int = Field(
         default=16 * 2**20,
         ge=1024,

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from roost import __version__
 from roost.api.auth import APIKeyGuard
@@ -42,7 +43,15 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
     app.state.server_tools = server_tools
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
-    app.add_middleware(APIKeyGuard, api_key=api_key)  # added last: runs first
+    app.add_middleware(APIKeyGuard, api_key=api_key)
+    if settings.cors_origins:  # outermost: a browser's preflight carries no API key
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["Retry-After"],
+        )
     install_handlers(app)
     app.include_router(root)
     app.include_router(v1)
