@@ -91,6 +91,8 @@ def serve(settings: Settings) -> int:
             port=settings.port,
             log_level=settings.log_level.lower(),
             timeout_graceful_shutdown=5,
+            ssl_certfile=settings.ssl_certfile,
+            ssl_keyfile=settings.ssl_keyfile,
         )
     )
     server.run()

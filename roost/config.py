@@ -220,6 +220,10 @@ class Settings(BaseSettings):
     tool_max_rounds: int = Field(
         default=4, ge=1, le=16, description="server tool rounds per request"
     )
+    ssl_certfile: Path | None = Field(
+        default=None, description="serve HTTPS with this certificate (PEM; with --ssl-keyfile)"
+    )
+    ssl_keyfile: Path | None = Field(default=None, description="the certificate's private key")
     cors_origins: list[str] = Field(
         default_factory=list,
         description="browser origins allowed to call the API (CORS), such as "
@@ -237,6 +241,15 @@ class Settings(BaseSettings):
     )
     sessions: SessionSettings = Field(default_factory=SessionSettings)
     models: list[ModelConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("--ssl-certfile and --ssl-keyfile go together")
+        for path in (self.ssl_certfile, self.ssl_keyfile):
+            if path is not None and not path.is_file():
+                raise FileNotFoundError(f"TLS file not found: {path}")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,7 @@ class Server:
     base_url: str
     process: subprocess.Popen[bytes]
     api_key: str | None = None
+    verify: ssl.SSLContext | bool = True  # https: trusts the CA that signed the server's cert
 
     def client(self, **kwargs: object) -> openai.OpenAI:
         kwargs.setdefault("api_key", self.api_key or "unused")
@@ -45,11 +47,16 @@ class Server:
 
     def http(self) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        return httpx.Client(base_url=self.base_url, timeout=120, headers=headers)
+        return httpx.Client(
+            base_url=self.base_url, timeout=120, headers=headers, verify=self.verify
+        )
 
 
 def start_server(
-    *flags: str, api_key: str | None = None, sessions: dict[str, object] | None = None
+    *flags: str,
+    api_key: str | None = None,
+    sessions: dict[str, object] | None = None,
+    tls_ca: str | None = None,
 ) -> Iterator[Server]:
     """A roost server on a free port; its saved sessions go to a directory of its own unless
     `sessions` (the `sessions:` settings) says otherwise."""
@@ -73,14 +80,17 @@ def start_server(
     sessions = sessions or {"dir": own_dir}
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "ROOST_SESSIONS": json.dumps(sessions)}
     process = subprocess.Popen(cmd, cwd=ROOT, env=env)
-    server = Server(f"http://127.0.0.1:{port}", process, api_key)
+    scheme = "https" if tls_ca else "http"
+    verify = ssl.create_default_context(cafile=tls_ca) if tls_ca else True
+    server = Server(f"{scheme}://127.0.0.1:{port}", process, api_key, verify)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"roost exited with {process.returncode}")
             try:
-                if httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200:
+                health = httpx.get(f"{server.base_url}/health", timeout=2, verify=server.verify)
+                if health.status_code == 200:
                     break
             except httpx.TransportError:
                 pass

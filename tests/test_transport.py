@@ -1,13 +1,14 @@
-"""Transport: CORS for the origins a user names (none by default)."""
+"""Transport: HTTPS without a proxy, and CORS for the origins a user names (none by default)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Server, start_config_server
+from tests.conftest import MODEL, Server, start_config_server, start_server
 
 ALLOWED = "http://app.example"
 PREFLIGHT = {
@@ -46,3 +47,40 @@ def test_other_origins_get_no_cors_headers(cors_server: Server, server: Server) 
     with server.http() as http:  # the default: no origin allowed
         reply = http.get("/v1/models", headers={"Origin": ALLOWED})
         assert "access-control-allow-origin" not in reply.headers
+
+
+def test_https_with_a_certificate_made_here(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import trustme
+
+    folder = tmp_path_factory.mktemp("tls")
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    ca, cert, key = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
+    authority.cert_pem.write_to_path(str(ca))
+    certificate.private_key_pem.write_to_path(str(key))
+    certificate.cert_chain_pems[0].write_to_path(str(cert))
+    flags = ("--parallel", "1", "--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
+    for server in start_server(*flags, tls_ca=str(ca)):
+        assert server.base_url.startswith("https://")
+        with server.http() as http:
+            reply = http.post(
+                "/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 2}
+            )
+            assert reply.status_code == 200, reply.text
+        # the system's CAs do not know this one
+        with (
+            httpx.Client(base_url=server.base_url) as untrusting,
+            pytest.raises(httpx.ConnectError),
+        ):
+            untrusting.get("/health")
+        plain = server.base_url.replace("https://", "http://")
+        with pytest.raises(httpx.HTTPError):  # no plain HTTP on the TLS port
+            httpx.get(f"{plain}/health", timeout=5)
+
+
+def test_a_certificate_without_its_key_is_a_startup_error(tmp_path: Path) -> None:
+    from roost.cli import main
+
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not used")
+    assert main(["models", "--ssl-certfile", str(cert)]) == 2
