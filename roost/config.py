@@ -157,6 +157,12 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="address to bind")
     port: int = Field(default=8080, ge=0, le=65535, description="port to bind")
     api_key: SecretStr | None = Field(default=None, description="require this bearer key on /v1")
+    api_keys: dict[str, SecretStr] = Field(
+        default_factory=dict, description="named keys (name: key); the name owns sessions"
+    )
+    api_key_file: Path | None = Field(
+        default=None, description="a file of 'name: key' lines, re-read on SIGHUP"
+    )
     model: Path | None = Field(default=None, description="serve this GGUF file")
     name: str | None = Field(default=None, description="model id for --model")
     parallel: int = Field(default=4, ge=1, le=64, description="sequences decoded together")
@@ -243,6 +249,14 @@ class Settings(BaseSettings):
     models: list[ModelConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
+    def _key_file(self) -> Settings:
+        if self.api_key_file is not None:
+            if not self.api_key_file.is_file():
+                raise FileNotFoundError(f"API key file not found: {self.api_key_file}")
+            read_key_file(self.api_key_file)  # a bad line stops the start
+        return self
+
+    @model_validator(mode="after")
     def _tls_pair(self) -> Settings:
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("--ssl-certfile and --ssl-keyfile go together")
@@ -287,6 +301,23 @@ class Settings(BaseSettings):
             n_gpu_layers=self.n_gpu_layers if entry.n_gpu_layers is None else entry.n_gpu_layers,
             defaults=entry.defaults.over(self.defaults),
         )
+
+
+def read_key_file(path: Path) -> dict[str, str]:
+    """`name: key` a line; blank lines and `#` comments skipped. Raises ValueError naming the
+    line of anything else."""
+    keys: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        name, sep, key = (part.strip() for part in text.partition(":"))
+        if not sep or not name or not key:
+            raise ValueError(f"{path}:{number}: expected 'name: key'")
+        if name in keys:
+            raise ValueError(f"{path}:{number}: the name {name!r} is used twice")
+        keys[name] = key
+    return keys
 
 
 def _tri_state(repack: Repack) -> bool | None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from roost import __version__
-from roost.api.auth import APIKeyGuard
+from roost.api.auth import APIKeyGuard, KeyRing
 from roost.api.errors import install_handlers
 from roost.api.limits import BodySizeLimit
 from roost.api.routes import root, v1
@@ -24,11 +25,14 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
     """The app; `on_fatal` is told when the models can never load (the server should stop)."""
     registry = ModelRegistry(settings.resolved_models(), settings.sessions)
     server_tools = {tool.name: tool for tool in map(load_server_tool, settings.tools)}
+    keys = KeyRing(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # load in the background: /health answers 503 "loading" meanwhile
         loading = asyncio.create_task(registry.load(on_fatal))
+        if keys.file is not None:  # rotate keys without a restart: edit the file, send SIGHUP
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.reload)
         try:
             yield
         finally:
@@ -41,9 +45,8 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
     app.state.registry = registry
     app.state.settings = settings
     app.state.server_tools = server_tools
-    api_key = settings.api_key.get_secret_value() if settings.api_key else None
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
-    app.add_middleware(APIKeyGuard, api_key=api_key)
+    app.add_middleware(APIKeyGuard, keys=keys)
     if settings.cors_origins:  # outermost: a browser's preflight carries no API key
         app.add_middleware(
             CORSMiddleware,

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from roost.api.auth import offered_key
+from roost.api.auth import KEY_NAME
 from roost.api.body import UnicodeJSONRoute
 from roost.engine.registry import ModelRegistry
 from roost.engine.sessions import MAX_SESSION_ID, SessionKey, SessionRef, Tier
@@ -31,11 +31,12 @@ class SessionNotFound(RoostError):
 
 
 def tenant_of(request: Request) -> str:
-    """Who is asking: a hash of the API key offered (empty when the server has none)."""
-    if request.app.state.settings.api_key is None:
+    """Who is asking: a hash of the name of the API key offered (empty when the server has no
+    keys). A key rotated under the same name keeps its sessions."""
+    name = request.scope.get(KEY_NAME)
+    if name is None:
         return ""
-    key = offered_key(request.scope)
-    return hmac.new(b"roost-tenant", key, hashlib.sha256).hexdigest()[:32]
+    return hmac.new(b"roost-tenant", name.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def session_of(request: Request, user: str | None) -> SessionRef:
