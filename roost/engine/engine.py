@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from roost.config import EngineConfig
 from roost.engine.cpu import CpuShare
 from roost.engine.inbox import STOP, Inbox
-from roost.engine.kv_cache import KVCache
+from roost.engine.kv_cache import Displaced, KVCache
 from roost.engine.params import SamplingParams
 from roost.engine.resources import kv_cells
 from roost.engine.runner import Runner
 from roost.engine.scheduler import Plan, Scheduler
 from roost.engine.sequence import Event, FinishReason, SeqStatus, Sequence
-from roost.engine.sessions import ModelSessions, SessionKey, anonymous
+from roost.engine.sessions import ModelSessions, SessionKey
 from roost.llama.context import ContextParams, KVCacheFull, LlamaContext
 from roost.llama.model import LlamaModel
 from roost.llama.sampler import Sampler, SamplerSpec
@@ -136,15 +136,16 @@ class Engine:
 
     def _save_hot(self) -> None:
         """At shutdown (the thread has stopped): every cached sequence goes to the store."""
-        if self.sessions is None:
-            return
         for slot in self.cache.slots:
-            if len(slot.tokens) >= self.sessions.min_tokens and not slot.is_saved:
-                key = slot.session or anonymous(slot.tenant, slot.tokens)
-                try:
-                    self.runner.save(slot.seq_id, key, list(slot.tokens))
-                except Exception:
-                    log.exception("saving sequence %d at shutdown failed", slot.seq_id)
+            if slot.is_saved:
+                continue
+            content = Displaced(list(slot.tokens), slot.tenant, slot.session)
+            if (save := self.scheduler.save_of(slot.seq_id, content)) is None:
+                continue
+            try:
+                self.runner.save(save.seq_id, save.key, save.tokens)
+            except Exception:
+                log.exception("saving sequence %d at shutdown failed", slot.seq_id)
 
     def _apply(self, item: object) -> None:
         # one bad message must not end the engine thread, nor leave its request waiting

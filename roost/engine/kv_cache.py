@@ -23,6 +23,12 @@ MIN_RECOMPUTED = 2
 MIN_SIMILARITY = 0.1
 
 
+def reusable_len(cached: list[int], tokens: list[int]) -> int:
+    """Leading tokens of `cached` a prompt of `tokens` keeps: the shared prefix, but never its
+    last MIN_RECOMPUTED tokens."""
+    return max(0, min(common_prefix_len(cached, tokens), len(tokens) - MIN_RECOMPUTED))
+
+
 def common_prefix_len(a: list[int], b: list[int]) -> int:
     """Length of the common prefix; compares blocks in C before walking the last one."""
     limit = min(len(a), len(b))
@@ -122,7 +128,7 @@ class KVCache:
         def reusable(slot: Slot) -> int:
             if slot.tenant != tenant:
                 return 0
-            return max(0, min(common_prefix_len(slot.tokens, tokens), len(tokens) - MIN_RECOMPUTED))
+            return reusable_len(slot.tokens, tokens)
 
         def is_own(slot: Slot) -> bool:
             return session is not None and slot.session == session

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from roost.engine.kv_cache import MIN_RECOMPUTED, Displaced, KVCache, common_prefix_len
+from roost.engine.kv_cache import Displaced, KVCache, reusable_len
 from roost.engine.sequence import SeqStatus, Sequence
 from roost.engine.sessions import ModelSessions, SessionKey, Tier, anonymous
 
@@ -155,11 +155,15 @@ class Scheduler:
             self.running.append(seq)
 
     def _save(self, plan: Plan, seq_id: int, content: Displaced) -> None:
-        """Keep what a slot held in the session store, if it is worth keeping."""
+        if (save := self.save_of(seq_id, content)) is not None:
+            plan.saves.append(save)
+
+    def save_of(self, seq_id: int, content: Displaced) -> Save | None:
+        """The save that keeps what a slot held in the session store, if it is worth keeping."""
         if self.sessions is None or len(content.tokens) < self.sessions.min_tokens:
-            return
+            return None
         key = content.session or anonymous(content.tenant, content.tokens)
-        plan.saves.append(Save(seq_id, key, content.tokens))
+        return Save(seq_id, key, content.tokens)
 
     def _resume(self, plan: Plan, seq: Sequence, is_hot: bool) -> None:
         """Restore a saved state when it holds more of the prompt than the slot does."""
@@ -170,8 +174,7 @@ class Scheduler:
         if saved is None or state is None:
             self.sessions.count(Tier.HOT if is_hot else None)
             return
-        usable = len(seq.tokens) - MIN_RECOMPUTED
-        keep = max(0, min(common_prefix_len(saved.tokens, seq.tokens), usable))
+        keep = reusable_len(saved.tokens, seq.tokens)
         if keep - seq.num_computed < self.sessions.min_tokens:  # not worth a restore
             self.sessions.count(Tier.HOT if is_hot else None)
             return

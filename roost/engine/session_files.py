@@ -162,7 +162,7 @@ def read(path: Path, identity: dict[str, Any], buffer: np.ndarray) -> FileHeader
         view = memoryview(buffer)[: header.num_bytes]
         if src.readinto(view) != header.num_bytes:
             raise SessionFileError("truncated")
-    if zlib.crc32(view) != header.crc32:
+    if checksum(buffer, header.num_bytes) != header.crc32:
         raise SessionFileError("checksum mismatch")
     return header
 

@@ -86,7 +86,6 @@ class Saved:
     last_used: float = field(default_factory=time.time)
     is_leaving_ram: bool = False  # queued for the disk; `state` goes once it is written
     was_on_disk: bool = False  # read back from its file (a disk hit once restored)
-
     is_queued: bool = False  # a write of it is on its way
 
     @property
