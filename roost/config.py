@@ -100,6 +100,7 @@ class ModelConfig(BaseModel):
     threads: int | None = Field(default=None, ge=1)
     batch_size: int | None = Field(default=None, ge=16)
     max_waiting: int | None = Field(default=None, ge=0)
+    max_queue_wait: float | None = Field(default=None, ge=0)
     kv_unified: bool | None = None
     flash_attn: bool | None = None
     chat_template: str | None = None
@@ -124,6 +125,7 @@ class EngineConfig(BaseModel):
     kv_unified: bool
     chat_template: str | None
     flash_attn: bool = True  # llama.cpp's "auto"; False: chunking-independent logits
+    max_queue_wait: float = 0  # seconds before a request not yet started is refused; 0: never
     generate: bool = True  # chat and completions
     embeddings: bool = True  # /v1/embeddings, from a context of its own
     embedding_ctx_size: int = 2048  # longest embedding input, before the training-context cap
@@ -205,6 +207,12 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=512, ge=16, description="max tokens per decode step")
     max_waiting: int = Field(
         default=256, ge=0, description="queued requests beyond --parallel before 503"
+    )
+    max_queue_wait: float = Field(
+        default=300,
+        ge=0,
+        description="seconds a request may wait for a free sequence before it is refused with "
+        "503 queue_timeout and Retry-After (0: wait as long as it takes)",
     )
     generate: bool = Field(
         default=True,
@@ -291,6 +299,9 @@ class Settings(BaseSettings):
             threads=entry.threads or self.threads,
             batch_size=entry.batch_size or self.batch_size,
             max_waiting=self.max_waiting if entry.max_waiting is None else entry.max_waiting,
+            max_queue_wait=(
+                self.max_queue_wait if entry.max_queue_wait is None else entry.max_queue_wait
+            ),
             kv_unified=self.kv_unified if entry.kv_unified is None else entry.kv_unified,
             chat_template=entry.chat_template,
             flash_attn=self.flash_attn if entry.flash_attn is None else entry.flash_attn,

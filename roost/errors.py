@@ -65,6 +65,17 @@ class QueueFull(ServiceUnavailable):
         )
 
 
+class QueueTimeout(ServiceUnavailable):
+    """A request waited longer than max_queue_wait for a free sequence."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The server is busy: this request waited too long for its turn. Retry later.",
+            "queue_timeout",
+            retry_after=5,
+        )
+
+
 class SessionBusy(RoostError):
     """Another request is answering in this session right now."""
 

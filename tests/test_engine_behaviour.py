@@ -115,6 +115,45 @@ def test_full_queue_is_503_with_retry_after(single_slot: Server, eog_bias: dict[
     assert _wait_idle(single_slot)
 
 
+@pytest.fixture(scope="module")
+def impatient() -> Iterator[Server]:
+    yield from start_server(
+        "--parallel", "1", "--max-waiting", "8", "--max-queue-wait", "1", "--ctx-size", "2048"
+    )
+
+
+def test_a_request_that_cannot_start_in_time_is_503_queue_timeout(
+    impatient: Server, eog_bias: dict[str, int]
+) -> None:
+    busy = {"model": MODEL, "prompt": "Busy:", "max_tokens": 600, "logit_bias": eog_bias}
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    waiting = [
+        ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 2}),
+        ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 2, "stream": True}),
+        ("/v1/chat/completions", {**chat, "stream": True}),
+        ("/v1/chat/completions", {**chat, "n": 2}),
+    ]
+    with httpx.Client(base_url=impatient.base_url, timeout=60) as http:
+        with http.stream("POST", "/v1/completions", json={**busy, "stream": True}) as resp:
+            assert resp.status_code == 200
+            lines = resp.iter_lines()
+            assert next(lines).startswith("data: {")  # the only sequence is taken
+            with ThreadPoolExecutor(len(waiting)) as pool:
+                refused = list(pool.map(lambda req: http.post(req[0], json=req[1]), waiting))
+            # the running request loses nothing: it streams all its tokens to the end
+            texts = [line for line in lines if line.startswith("data: {")]
+        assert '"finish_reason":"length"' in texts[-1].replace(" ", "")
+        for reply in refused:  # a stream too: its status waited for the request to start
+            assert reply.status_code == 503, reply.text
+            assert reply.headers["Retry-After"]
+            assert reply.headers["content-type"].startswith("application/json")
+            assert reply.json()["error"]["code"] == "queue_timeout"
+        assert _wait_idle(impatient)
+        # nothing of the refused requests is left queued: the next one starts at once
+        after = http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2})
+        assert after.status_code == 200, after.text
+
+
 def test_more_choices_than_the_server_holds_is_400_not_503(single_slot: Server) -> None:
     # 1 slot + 0 waiting: n=2 could never be queued, so a retryable 503 would loop forever
     with httpx.Client(base_url=single_slot.base_url, timeout=60) as http:

@@ -8,6 +8,7 @@ dropped stream gave back its sequence and cells."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Iterator
@@ -29,7 +30,8 @@ def tight_server() -> Iterator[Server]:
 
 
 async def _dropped_stream(http: httpx.AsyncClient, rng: random.Random, i: int, bias: dict) -> None:
-    """A stream read for a random number of lines (0: dropped while still queued), then cut."""
+    """A stream read for a random number of lines, then cut; or (0 lines) given up at a random
+    moment while its status line is still held, which may be while it is queued."""
     body = {
         "model": MODEL,
         "prompt": f"Story {i}: once upon a time",
@@ -38,6 +40,10 @@ async def _dropped_stream(http: httpx.AsyncClient, rng: random.Random, i: int, b
         "logit_bias": bias,
     }
     to_read = rng.randrange(0, 12)
+    if to_read == 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(http.post("/v1/completions", json=body), rng.uniform(0, 2))
+        return
     async with http.stream("POST", "/v1/completions", json=body) as response:
         assert response.status_code == 200
         lines = 0

@@ -54,7 +54,7 @@ async def create_chat_completion(
     response_id, created = new_id("chatcmpl"), int(time.time())
     if body.stream:
         frames = _chunks(body, turn, response_id, created)
-        return stream_response([], lambda: frames)
+        return await stream_response(request, turn.first_streams, frames)
     try:
         collected = await until_disconnect(request, collect_all(turn.answers))
     finally:

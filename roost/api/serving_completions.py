@@ -86,7 +86,7 @@ async def create_completion(
     streams = await submit_all(served, [p.tokens for p in prompts], params, num_candidates, session)
     writer = _Writer(body, served.vocab, prompts, new_id("cmpl"), int(time.time()))
     if body.stream:
-        return stream_response(streams, lambda: writer.chunks(streams))
+        return await stream_response(request, streams, writer.chunks(streams))
     try:
         results, usage = await until_disconnect(request, collect(streams))
     finally:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from roost.api.errors import ClientDisconnected, error_body, error_json
-from roost.chat.generation import TokenCounts, check_event
+from roost.chat.generation import TokenCounts, check_event, started
 from roost.engine.client import RequestStream
 from roost.engine.logprobs import TokenLogprob
 from roost.errors import RoostError
@@ -81,14 +81,22 @@ async def _wait_disconnect(request: Request) -> None:
         pass
 
 
-def stream_response(
-    streams: list[RequestStream], frames: Callable[[], AsyncIterator[str]]
+async def stream_response(
+    request: Request, streams: list[RequestStream], frames: AsyncIterator[str]
 ) -> StreamingResponse:
-    """SSE response; whatever ends it (finish, error, disconnect) cancels every request."""
+    """SSE response, its status sent once the request has started: one refused before (a
+    queue timeout) is still an HTTP error. Whatever ends it (finish, error, disconnect)
+    cancels every request."""
+    try:
+        await until_disconnect(request, started(streams))
+    except BaseException:
+        for stream in streams:
+            stream.cancel()
+        raise
 
     async def body() -> AsyncIterator[str]:
         try:
-            async for frame in frames():
+            async for frame in frames:
                 yield frame
         except RoostError as exc:  # e.g. a later tool round no longer fits the context
             yield sse(error_json(exc))
@@ -98,6 +106,7 @@ def stream_response(
             yield sse(error_body("internal error", "server_error", None, "internal_error"))
             yield DONE
         finally:
+            await frames.aclose()  # type: ignore[attr-defined]
             for stream in streams:
                 stream.cancel()
 

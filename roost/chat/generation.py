@@ -9,7 +9,7 @@ from roost.engine.params import SamplingParams
 from roost.engine.registry import ServedModel
 from roost.engine.sequence import Event, FinishReason
 from roost.engine.sessions import SessionRef
-from roost.errors import EngineFailure, InvalidRequest, QueueFull, SessionBusy
+from roost.errors import EngineFailure, InvalidRequest, QueueFull, QueueTimeout, SessionBusy
 
 
 def choice_params(params: SamplingParams, n: int) -> list[SamplingParams]:
@@ -41,10 +41,13 @@ async def submit_all(
     if len(prompts) == 1:
         await client.prepare(key, session.tenant, prompts[0])
     streams: list[RequestStream] = []
+    admission = client.admission()  # the request starts when any of its sequences does
     try:
         for prompt in prompts:
             choices = choice_params(params, n)
-            streams += client.submit_group(prompt, choices, key, session.tenant, session.param)
+            streams += client.submit_group(
+                prompt, choices, key, session.tenant, session.param, admission
+            )
     except (QueueFull, SessionBusy):
         for stream in streams:
             stream.cancel()
@@ -52,10 +55,20 @@ async def submit_all(
     return streams
 
 
+async def started(streams: list[RequestStream]) -> None:
+    """Wait until the request is admitted (a stream holds its HTTP status until then); one
+    that ended before it started raises its error (QueueTimeout: max_queue_wait passed)."""
+    first = await streams[0].admission.started
+    if first is not None:
+        check_event(first)
+
+
 def check_event(event: Event) -> None:
     """An event that reports a failed generation becomes a typed error."""
     if event.finish_reason is FinishReason.ERROR:
         raise EngineFailure(f"generation failed: {event.error or 'engine error'}")
+    if event.finish_reason is FinishReason.QUEUE_TIMEOUT:
+        raise QueueTimeout()
 
 
 @dataclass

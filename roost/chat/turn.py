@@ -73,6 +73,7 @@ class Turn:
     usage: TokenCounts = field(default_factory=TokenCounts)
     executed: list[ExecutedCall] = field(default_factory=list)
     answers: list[AsyncIterator[Piece]] = field(default_factory=list)
+    first_streams: list[RequestStream] = field(default_factory=list)  # the first round's
 
     @property
     def server_tools(self) -> dict[str, ServerTool]:
@@ -81,6 +82,8 @@ class Turn:
     async def aclose(self) -> None:
         for answer in self.answers:
             await answer.aclose()  # type: ignore[attr-defined]
+        for stream in self.first_streams:  # an answer closed before it began holds its own
+            stream.cancel()
 
 
 async def start_turn(
@@ -111,6 +114,7 @@ async def start_turn(
     turn = Turn(served, request, plan, tool_timeout, max_rounds, grammar)
     # n choices share the prompt's evaluation
     first_rounds = await _start_rounds(turn, request.messages, 0, request.n)
+    turn.first_streams = [first.stream for first in first_rounds]
     turn.answers = [
         _answer(turn, request.messages, first, is_first=j == 0)
         for j, first in enumerate(first_rounds)

@@ -12,7 +12,7 @@ from roost.engine.cpu import CpuShare
 from roost.engine.engine import Engine
 from roost.engine.kv_cache import common_prefix_len
 from roost.engine.params import SamplingParams
-from roost.engine.sequence import Event, Sequence
+from roost.engine.sequence import Event, Sequence, Ticket
 from roost.engine.sessions import ModelSessions, SessionKey
 from roost.errors import QueueFull, SessionBusy
 from roost.llama.model import LlamaModel
@@ -55,6 +55,10 @@ class EngineClient:
         if common_prefix_len(saved.tokens, prompt) >= self.sessions.min_tokens:
             await asyncio.to_thread(self.sessions.store.load, self.sessions.model, saved)
 
+    def admission(self) -> Admission:
+        """One request's start, shared by its groups (pass it to each submit_group)."""
+        return Admission(self._loop)
+
     def submit_group(
         self,
         prompt: list[int],
@@ -62,6 +66,7 @@ class EngineClient:
         session: SessionKey | None = None,
         tenant: str = "",
         session_param: str = "user",
+        admission: Admission | None = None,
     ) -> list[RequestStream]:
         """One sequence per choice over the same prompt, evaluated once and its KV shared;
         queued now or not at all (QueueFull; SessionBusy). Iterate each stream for its events.
@@ -70,6 +75,7 @@ class EngineClient:
             raise QueueFull()
         if session is not None and self.is_busy(session):
             raise SessionBusy(session_param)
+        admission = admission or self.admission()
         streams, seqs = [], []
         for i, params in enumerate(choices):
             events: asyncio.Queue[Event] = asyncio.Queue()
@@ -81,9 +87,10 @@ class EngineClient:
                 self.max_seq_len,
                 session if i == 0 else None,
                 tenant,
+                admission.ticket,
             )
             seqs.append(seq)
-            streams.append(RequestStream(self, seq.request_id, events))
+            streams.append(RequestStream(self, seq.request_id, events, admission))
         if session is not None:
             self._busy[seqs[0].request_id] = session
         leader, followers = seqs[0], seqs[1:]
@@ -114,12 +121,39 @@ class EngineClient:
         return self.engine.close()
 
 
+class Admission:
+    """A request's start as the loop sees it: `ticket` goes into the engine with each of its
+    sequences; `started` resolves when the first is admitted (None), or with the final event
+    of one that ended before any was (a queue timeout, a failure)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.started: asyncio.Future[Event | None] = loop.create_future()
+
+        def settle(first: Event | None) -> None:  # on the engine thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_resolve, self.started, first)
+
+        self.ticket = Ticket(settle)
+
+
+def _resolve(future: asyncio.Future[Event | None], first: Event | None) -> None:
+    if not future.done():
+        future.set_result(first)
+
+
 class RequestStream:
     """Events of one request; `cancel()` (idempotent) aborts it if it has not finished."""
 
-    def __init__(self, client: EngineClient, request_id: str, events: asyncio.Queue[Event]) -> None:
+    def __init__(
+        self,
+        client: EngineClient,
+        request_id: str,
+        events: asyncio.Queue[Event],
+        admission: Admission,
+    ) -> None:
         self._client = client
         self.request_id = request_id
+        self.admission = admission
         self._events = events
         # a stream dropped unread (e.g. a response body never started) still frees its request
         self._release = weakref.finalize(self, client._dropped, request_id)

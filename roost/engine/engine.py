@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -116,6 +117,8 @@ class Engine:
             self._apply, block=self.cpu.idle_if(_CPU_USER, not self.scheduler.has_work())
         ):
             self.ctx.set_threads(self.cpu.threads(_CPU_USER))
+            if self.config.max_queue_wait and self.scheduler.waiting:
+                self._expire()
             try:
                 plan = self.scheduler.schedule()
             except Exception as exc:
@@ -125,6 +128,8 @@ class Engine:
                 seqs = [*self.scheduler.running, *self.scheduler.waiting]
                 self._reset(seqs, requeue=False, error=str(exc) or type(exc).__name__)
                 continue
+            for ticket in plan.started:
+                ticket.settle(None)
             try:
                 self._step(plan)
             except KVCacheFull:
@@ -169,15 +174,33 @@ class Engine:
                 self._admit(seq)
             except Exception as exc:
                 log.exception("engine could not admit %s", seq.request_id)
-                self._sink([(seq, seq.finish(FinishReason.ERROR, [], error=str(exc)))])
+                self._send([(seq, seq.finish(FinishReason.ERROR, [], error=str(exc)))])
 
     def _admit(self, seq: Sequence) -> None:
         try:
             seq.sampler = Sampler(self.model, self._sampler_spec(seq.params))
         except Exception as exc:  # a bad sampler fails its request, never the engine
-            self._sink([(seq, seq.finish(FinishReason.ERROR, [], error=str(exc)))])
+            self._send([(seq, seq.finish(FinishReason.ERROR, [], error=str(exc)))])
             return
         self.scheduler.add(seq)
+
+    def _expire(self) -> None:
+        """Refuse the requests that have waited longer than max_queue_wait to start."""
+        limit = self.config.max_queue_wait
+        events = []
+        for seq in self.scheduler.expire(time.monotonic(), limit):
+            events.append((seq, seq.finish(FinishReason.QUEUE_TIMEOUT, [], error="queue timeout")))
+            self._release(seq)
+        if events:
+            log.warning("%d request(s) waited over %s s to start: refused", len(events), limit)
+            self._send(events)
+
+    def _send(self, events: list[tuple[Sequence, Event]]) -> None:
+        """Events to their requests; a request that ends before it started learns it first."""
+        for seq, event in events:
+            if event.finish_reason is not None:
+                seq.ticket.settle(event)
+        self._sink(events)
 
     def _sampler_spec(self, params: SamplingParams) -> SamplerSpec:
         # min_tokens: end tokens are banned until then (lifted in _step); a complete grammar
@@ -219,7 +242,7 @@ class Engine:
                 seq.status = SeqStatus.DECODE
             events.append((seq, event))
         if events:
-            self._sink(events)
+            self._send(events)
 
     def _keep_turn(self, seq: Sequence) -> Future[None] | None:
         """sync: turn — a named session's state goes to disk after every answer; the answer's
@@ -257,7 +280,7 @@ class Engine:
             events.append((seq, seq.finish(FinishReason.ERROR, [], error=error)))
             self._release(seq)
         if events:
-            self._sink(events)
+            self._send(events)
 
 
 def _planned(plan: Plan) -> list[Sequence]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from roost.engine.kv_cache import Displaced, KVCache, reusable_len
-from roost.engine.sequence import SeqStatus, Sequence
+from roost.engine.sequence import SeqStatus, Sequence, Ticket
 from roost.engine.sessions import ModelSessions, SessionKey, Tier, anonymous
 
 # prompt chunks whose every row keeps its logits (echo with logprobs) stay small: llama.cpp
@@ -51,8 +51,9 @@ class Restore:
 @dataclass
 class Plan:
     """One step: saves, whole-sequence KV copies (src, dst), KV trims (seq_id, keep),
-    restores, then one decode over the chunks."""
+    restores, then one decode over the chunks. `started`: requests admitted for the first time."""
 
+    started: list[Ticket] = field(default_factory=list)
     saves: list[Save] = field(default_factory=list)
     copies: list[tuple[int, int]] = field(default_factory=list)
     trims: list[tuple[int, int]] = field(default_factory=list)
@@ -101,6 +102,21 @@ class Scheduler:
                 return seq
         return None
 
+    def expire(self, now: float, limit: float) -> list[Sequence]:
+        """Take out the sequences of requests that have waited more than `limit` seconds
+        without starting. The queue is in arrival order (a preempted sequence put back at its
+        head has started), so the search ends at the first one still within its time."""
+        expired = []
+        for seq in self.waiting:
+            if seq.ticket.is_settled:
+                continue
+            if now - seq.ticket.queued_at <= limit:
+                break
+            expired.append(seq)
+        for seq in expired:
+            self.waiting.remove(seq)
+        return expired
+
     def schedule(self) -> Plan:
         plan = Plan()
         self._admit(plan)
@@ -148,6 +164,8 @@ class Scheduler:
             if not seq.is_admitted_once:
                 seq.num_cached = seq.num_computed  # from the slot's cache or a saved state
                 seq.is_admitted_once = True
+                if not seq.ticket.is_settled:
+                    plan.started.append(seq.ticket)
             seq.status = SeqStatus.PREFILL if seq.num_uncomputed > 1 else SeqStatus.DECODE
             if acquired.copy_from is not None:
                 plan.copies.append((acquired.copy_from.seq_id, acquired.slot.seq_id))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import enum
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ class FinishReason(enum.StrEnum):
     LENGTH = "length"
     ABORT = "abort"
     ERROR = "error"
+    QUEUE_TIMEOUT = "queue_timeout"  # waited longer than max_queue_wait for a sequence
 
 
 @dataclass(slots=True)
@@ -47,6 +49,28 @@ class Event:
     durable: Future[None] | None = None  # a last event waits for its session's disk write
 
 
+def _unheard(_first: Event | None) -> None:
+    pass
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request's place in the queue, shared by all its sequences: it has started once any
+    of them is admitted. `on_settle` runs once, on the engine thread, when the request starts
+    (None) or ends before it could (its final event: a queue timeout, a failure)."""
+
+    on_settle: Callable[[Event | None], None] = _unheard
+    queued_at: float = field(default_factory=time.monotonic)
+    is_admitted: bool = False
+    is_settled: bool = False
+
+    def settle(self, first: Event | None) -> None:
+        if not self.is_settled:
+            self.is_settled = True
+            self.is_admitted = first is None
+            self.on_settle(first)
+
+
 class Sequence:
     """A request inside the engine. `tokens` is everything the sequence's KV should hold."""
 
@@ -59,8 +83,10 @@ class Sequence:
         max_total: int,
         session: SessionKey | None = None,
         tenant: str = "",
+        ticket: Ticket | None = None,
     ) -> None:
         self.request_id = request_id
+        self.ticket = ticket or Ticket()
         self.session = session  # the named session it resumes and updates
         self.tenant = tenant  # who sent it: only this owner's cached state is reused
         self.params = params
