@@ -343,7 +343,7 @@ def test_an_exception_inside_a_stream_is_logged_and_reported_in_band(
         raise KeyError("a bug in roost")
 
     async def read() -> list[str]:
-        response = stream_response([], frames)
+        response = await stream_response(None, [], frames())  # type: ignore[arg-type]
         return [chunk async for chunk in response.body_iterator]  # type: ignore[misc]
 
     with caplog.at_level("ERROR", logger="roost.api"):

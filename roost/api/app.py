@@ -14,6 +14,7 @@ from roost import __version__
 from roost.api.auth import APIKeyGuard, KeyRing
 from roost.api.errors import install_handlers
 from roost.api.limits import BodySizeLimit
+from roost.api.openapi import install_openapi
 from roost.api.routes import root, v1
 from roost.api.sessions import router as sessions
 from roost.chat.server_tools import load_server_tool
@@ -59,4 +60,5 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
     app.include_router(root)
     app.include_router(v1)
     app.include_router(sessions)
+    install_openapi(app)
     return app

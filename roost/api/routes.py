@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
@@ -69,7 +69,11 @@ def _card(registry: ModelRegistry, name: str) -> ModelCard:
     return ModelCard(id=name, created=served.created, roost=served.runtime)
 
 
-@v1.post("/chat/completions", response_model=None)
+# with "stream": true the answer is server-sent events
+STREAMED: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
+
+
+@v1.post("/chat/completions", response_model=None, responses=STREAMED)
 async def chat_completions(
     body: ChatCompletionRequest, registry: Registry, request: Request
 ) -> Response | object:
@@ -107,7 +111,7 @@ async def detokenize(body: DetokenizeRequest, registry: Registry) -> DetokenizeR
     return DetokenizeResponse(prompt=served.vocab.detokenize(body.tokens, special=True))
 
 
-@v1.post("/completions", response_model=None)
+@v1.post("/completions", response_model=None, responses=STREAMED)
 async def completions(body: CompletionRequest, registry: Registry, request: Request) -> object:
     return await create_completion(body, registry, request)
 

@@ -88,7 +88,8 @@ async def stream_response(
     queue timeout) is still an HTTP error. Whatever ends it (finish, error, disconnect)
     cancels every request."""
     try:
-        await until_disconnect(request, started(streams))
+        if streams:
+            await until_disconnect(request, started(streams))
     except BaseException:
         for stream in streams:
             stream.cancel()

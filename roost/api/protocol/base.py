@@ -35,10 +35,17 @@ class Request(BaseModel):
     @classmethod
     def _null_is_default(cls, data: Any) -> Any:
         # OpenAI's fields are nullable and clients send explicit nulls ("n": null,
-        # "logprobs": null); null means "not given", not an invalid value
+        # "logprobs": null); null means "not given", not an invalid value. A number without a
+        # fraction (16.0) is an integer, as JSON Schema counts it; a float field takes it too
         if isinstance(data, dict):
-            return {key: value for key, value in data.items() if value is not None}
+            return {key: _integral(value) for key, value in data.items() if value is not None}
         return data
+
+
+def _integral(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 class StreamOptions(Request):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from roost.api.protocol.base import Request, SamplingRequest, Usage, schema_problem
 from roost.chat.constraints import ToolSpec
@@ -46,7 +46,16 @@ class MessageToolCall(Request):
     function: FunctionCall
 
 
+def _content_rule(schema: dict[str, Any]) -> None:
+    """The JSON schema says what `text` enforces: only an assistant message may go without
+    content (it may only call tools)."""
+    schema["if"] = {"properties": {"role": {"const": "assistant"}}}
+    schema["else"] = {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}}
+
+
 class ChatMessage(Request):
+    model_config = ConfigDict(json_schema_extra=_content_rule)
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart | RefusalPart | ContentPart] | None = None
     name: str | None = None
