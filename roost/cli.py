@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import socket
 import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from pydantic import SecretStr
 
 from roost.chat.server_tools import load_server_tool
@@ -69,9 +73,27 @@ def main(argv: list[str] | None = None) -> int:
     return serve(settings)
 
 
-def serve(settings: Settings) -> int:
-    import uvicorn
+_DRAIN_SECONDS = 10  # for ended requests to send their last bytes before uvicorn cuts them
 
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which at shutdown (it has stopped accepting) gives the requests in
+    flight `grace` seconds, then calls `drain`: the engines end the rest with an error each
+    reports (a 503, or in-band in a stream) rather than being cut off."""
+
+    def __init__(self, config: uvicorn.Config, grace: float, drain: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.grace, self.drain = grace, drain
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        timer = asyncio.get_running_loop().call_later(self.grace, self.drain)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            timer.cancel()
+
+
+def serve(settings: Settings) -> int:
     from roost.api.app import create_app
 
     logging.basicConfig(
@@ -84,16 +106,20 @@ def serve(settings: Settings) -> int:
         failures.append(message)
         server.should_exit = True
 
-    server = uvicorn.Server(
+    app = create_app(settings, on_fatal=stop)
+    server = _Server(
         uvicorn.Config(
-            create_app(settings, on_fatal=stop),
+            app,
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level.lower(),
-            timeout_graceful_shutdown=5,
+            # after the grace period requests end on their own, with an error they report
+            timeout_graceful_shutdown=settings.shutdown_grace + _DRAIN_SECONDS,
             ssl_certfile=settings.ssl_certfile,
             ssl_keyfile=settings.ssl_keyfile,
-        )
+        ),
+        settings.shutdown_grace,
+        app.state.registry.drain,
     )
     server.run()
     for message in failures:

@@ -243,6 +243,12 @@ class Settings(BaseSettings):
         description="browser origins allowed to call the API (CORS), such as "
         "'http://localhost:3000'; '*' allows any; none by default",
     )
+    shutdown_grace: float = Field(
+        default=5,
+        ge=0,
+        description="seconds requests in flight may take to finish after SIGTERM; then each "
+        "ends with 503 server_shutting_down (a stream: an error event, then [DONE])",
+    )
     max_body_bytes: int = Field(
         default=16 * 2**20,
         ge=1024,

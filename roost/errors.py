@@ -76,6 +76,15 @@ class QueueTimeout(ServiceUnavailable):
         )
 
 
+class ShuttingDown(ServiceUnavailable):
+    """The server is stopping: requests still running when its grace period ends."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The server is shutting down. Retry shortly.", "server_shutting_down", retry_after=5
+        )
+
+
 class SessionBusy(RoostError):
     """Another request is answering in this session right now."""
 

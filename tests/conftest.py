@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 import openai
@@ -57,9 +58,10 @@ def start_server(
     api_key: str | None = None,
     sessions: dict[str, object] | None = None,
     tls_ca: str | None = None,
+    stderr: IO[bytes] | None = None,
 ) -> Iterator[Server]:
     """A roost server on a free port; its saved sessions go to a directory of its own unless
-    `sessions` (the `sessions:` settings) says otherwise."""
+    `sessions` (the `sessions:` settings) says otherwise. Its log goes to `stderr` if given."""
     port = free_port()
     cmd = [
         sys.executable,
@@ -79,7 +81,7 @@ def start_server(
     own_dir = None if sessions else tempfile.mkdtemp(prefix="roost-sessions-")
     sessions = sessions or {"dir": own_dir}
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "ROOST_SESSIONS": json.dumps(sessions)}
-    process = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=stderr)
     scheme = "https" if tls_ca else "http"
     verify = ssl.create_default_context(cafile=tls_ca) if tls_ca else True
     server = Server(f"{scheme}://127.0.0.1:{port}", process, api_key, verify)

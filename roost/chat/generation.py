@@ -9,7 +9,14 @@ from roost.engine.params import SamplingParams
 from roost.engine.registry import ServedModel
 from roost.engine.sequence import Event, FinishReason
 from roost.engine.sessions import SessionRef
-from roost.errors import EngineFailure, InvalidRequest, QueueFull, QueueTimeout, SessionBusy
+from roost.errors import (
+    EngineFailure,
+    InvalidRequest,
+    QueueFull,
+    QueueTimeout,
+    SessionBusy,
+    ShuttingDown,
+)
 
 
 def choice_params(params: SamplingParams, n: int) -> list[SamplingParams]:
@@ -69,6 +76,8 @@ def check_event(event: Event) -> None:
         raise EngineFailure(f"generation failed: {event.error or 'engine error'}")
     if event.finish_reason is FinishReason.QUEUE_TIMEOUT:
         raise QueueTimeout()
+    if event.finish_reason is FinishReason.SHUTDOWN:
+        raise ShuttingDown()
 
 
 @dataclass

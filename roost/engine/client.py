@@ -116,6 +116,10 @@ class EngineClient:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to count
             self._loop.call_soon_threadsafe(self._done, request_id, False)
 
+    def drain(self) -> None:
+        """At shutdown: end the requests in flight (they report it) and refuse new ones."""
+        self.engine.drain()
+
     def close(self) -> bool:
         """Stop the engine and free its context; False if it did not stop (nothing freed)."""
         return self.engine.close()

@@ -36,6 +36,11 @@ class _Abort:
 
 
 @dataclass(frozen=True)
+class _Drain:
+    """The server is stopping: end every request now, and any that arrives later."""
+
+
+@dataclass(frozen=True)
 class _Forget:
     session: SessionKey  # deleted: its hot copy goes too
     done: Future[None] = field(default_factory=Future)
@@ -76,6 +81,7 @@ class Engine:
         self.scheduler = Scheduler(self.cache, self.num_ctx, self.num_batch, sessions)
         self.runner = Runner(self.ctx, self.cache, self.num_batch, sessions)
         self._sink = sink
+        self._is_draining = False
         self._inbox = Inbox()
         self._thread = threading.Thread(
             target=self._loop, name=f"engine-{config.name}", daemon=True
@@ -90,6 +96,10 @@ class Engine:
 
     def abort(self, request_id: str) -> None:
         self._inbox.put(_Abort(request_id))
+
+    def drain(self) -> None:
+        """End every request with FinishReason.SHUTDOWN, and refuse new ones (at shutdown)."""
+        self._inbox.put(_Drain())
 
     def forget(self, session: SessionKey) -> Future[None]:
         """Drop the session's hot copy; the future resolves once the engine thread has."""
@@ -163,6 +173,10 @@ class Engine:
             finally:
                 item.done.set_result(None)
             return
+        if isinstance(item, _Drain):
+            self._is_draining = True
+            self._end_all(FinishReason.SHUTDOWN, "server shutting down")
+            return
         if isinstance(item, _Abort):
             try:
                 self._abort(item.request_id)
@@ -177,6 +191,9 @@ class Engine:
                 self._send([(seq, seq.finish(FinishReason.ERROR, [], error=str(exc)))])
 
     def _admit(self, seq: Sequence) -> None:
+        if self._is_draining:
+            self._send([(seq, seq.finish(FinishReason.SHUTDOWN, [], error="server shutting down"))])
+            return
         try:
             seq.sampler = Sampler(self.model, self._sampler_spec(seq.params))
         except Exception as exc:  # a bad sampler fails its request, never the engine
@@ -193,6 +210,14 @@ class Engine:
             self._release(seq)
         if events:
             log.warning("%d request(s) waited over %s s to start: refused", len(events), limit)
+            self._send(events)
+
+    def _end_all(self, reason: FinishReason, error: str) -> None:
+        events = []
+        for seq in [*self.scheduler.running, *self.scheduler.waiting]:
+            events.append((seq, seq.finish(reason, [], error=error)))
+            self._release(seq)
+        if events:
             self._send(events)
 
     def _send(self, events: list[tuple[Sequence, Event]]) -> None:

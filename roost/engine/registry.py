@@ -144,6 +144,12 @@ class ModelRegistry:
             for m in self.models.values()
         )
 
+    def drain(self) -> None:
+        """At shutdown, once requests have had their grace period: end the rest."""
+        for served in self.models.values():
+            if served.engine is not None:
+                served.engine.drain()
+
     def close(self) -> None:
         for served in self.models.values():  # an engine saves its cached sequences as it stops
             _close(served)

@@ -30,6 +30,7 @@ class FinishReason(enum.StrEnum):
     ABORT = "abort"
     ERROR = "error"
     QUEUE_TIMEOUT = "queue_timeout"  # waited longer than max_queue_wait for a sequence
+    SHUTDOWN = "shutdown"  # still running when the server's shutdown grace period ended
 
 
 @dataclass(slots=True)
