@@ -113,6 +113,7 @@ def serve(settings: Settings) -> int:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level.lower(),
+            access_log=False,  # roost.access logs each request, with its key's name
             # after the grace period requests end on their own, with an error they report
             timeout_graceful_shutdown=settings.shutdown_grace + _DRAIN_SECONDS,
             ssl_certfile=settings.ssl_certfile,

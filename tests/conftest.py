@@ -116,11 +116,12 @@ def start_config_server(
     config_text: str,
     *flags: str,
     api_key: str | None = None,
+    stderr: IO[bytes] | None = None,
 ) -> Iterator[Server]:
     """A server started with `--config` on a roost.yaml holding `config_text`."""
     config = Path(tmp_path_factory.mktemp("cfg")) / "roost.yaml"
     config.write_text(config_text)
-    yield from start_server(*flags, "--config", str(config), api_key=api_key)
+    yield from start_server(*flags, "--config", str(config), api_key=api_key, stderr=stderr)
 
 
 @pytest.fixture(scope="session")

@@ -88,3 +88,28 @@ def test_a_bad_key_file_stops_the_start(tmp_path: Path) -> None:
     bad = tmp_path / "keys.txt"
     bad.write_text("alice key-without-colon\n")
     assert main(["models", "--api-key-file", str(bad)]) == 2
+
+
+def test_the_log_names_the_key_never_the_key_nor_the_prompt(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    log_path = tmp_path_factory.mktemp("log") / "stderr.log"
+    secret, prompt = "key-dave-s3cret", "the purple elephant counts to forty-two"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": 2}
+    config = f"parallel: 1\napi_keys:\n  dave: {secret}\n"
+    with log_path.open("wb") as stderr:
+        servers = start_config_server(
+            tmp_path_factory, config, "--log-level", "info", stderr=stderr
+        )
+        server = next(servers)
+        with _http(server, secret) as http:
+            assert http.post("/v1/chat/completions", json=body).status_code == 200
+            stream = http.post("/v1/completions", json={**body, "prompt": prompt, "stream": True})
+            assert stream.status_code == 200
+        assert httpx.get(f"{server.base_url}/v1/models").status_code == 401
+        servers.close()  # stops the server: its log is complete
+    log = log_path.read_text()
+    assert '"POST /v1/chat/completions" 200' in log and "key=dave" in log, log
+    assert '"POST /v1/completions" 200' in log, log
+    assert '"GET /v1/models" 401' in log and "key=-" in log, log
+    assert secret not in log and "purple elephant" not in log, log

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from roost import __version__
+from roost.api.access_log import AccessLog
 from roost.api.auth import APIKeyGuard, KeyRing
 from roost.api.errors import install_handlers
 from roost.api.limits import BodySizeLimit
@@ -56,6 +57,7 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
             allow_headers=["*"],
             expose_headers=["Retry-After"],
         )
+    app.add_middleware(AccessLog)  # outermost: every request, refused or not
     install_handlers(app)
     app.include_router(root)
     app.include_router(v1)
